@@ -1,0 +1,130 @@
+"""``make_app(pm)``: the Typer app, with one-line errors for known failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+import click
+import typer
+import typer.core
+
+from ..errors import CptError
+
+
+def is_rank_zero() -> bool:
+    """True unless this process is a non-zero rank of a distributed launch."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def print_error(exc: BaseException) -> None:
+    """Print ``error: <message>`` (one line, rank 0 only) and the ``CPT_DEBUG`` hint."""
+    if not is_rank_zero():
+        return
+    message = " ".join(str(exc).split("\n")) or type(exc).__name__
+    print(f"error: {message}", file=sys.stderr)
+    print("hint: set CPT_DEBUG=1 to see the traceback", file=sys.stderr)
+
+
+def debug() -> bool:
+    return os.environ.get("CPT_DEBUG", "") not in ("", "0", "false", "no")
+
+
+class _CptGroup(typer.core.TyperGroup):
+    """Turns a :class:`CptError` raised by any command into one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CptError as exc:
+            if debug():
+                raise
+            print_error(exc)
+            raise typer.Exit(1) from None
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"cptcore {__version__}")
+        raise typer.Exit()
+
+
+def make_app(pm: Any) -> typer.Typer:
+    """Build the ``cpt`` Typer app for plugin manager ``pm``.
+
+    The core adds ``plugins`` and one listing command per registry; every other command
+    group (``prepare``, ``tokenizer``, ``model``, ``train``...) comes from a plugin's
+    ``cpt_register_commands(app, pm)``, built-ins included.
+    """
+    app = typer.Typer(
+        cls=_CptGroup,
+        name="cpt",
+        help="cptcore: continual pretraining and SFT of LLaMA-family models.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        version: Optional[bool] = typer.Option(
+            None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        ),
+        plugin: Optional[list[str]] = typer.Option(
+            None, "--plugin", help="Load a plugin from a .py file (repeatable; read before the command runs)."
+        ),
+    ) -> None:
+        """cptcore: continual pretraining and SFT of LLaMA-family models."""
+
+    from .listing import add_listing_commands
+
+    add_listing_commands(app, pm)
+    pm.hook.cpt_register_commands(app=app, pm=pm)
+    return app
+
+
+def plugin_files_from_argv(argv: list[str]) -> list[str]:
+    """The values of every ``--plugin FILE`` / ``--plugin=FILE`` in ``argv``."""
+    files: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg == "--plugin" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+            next(it, None)
+        elif arg.startswith("--plugin="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point: build the plugin manager (with ``--plugin`` files), the app, run it.
+
+    Returns the process exit status.
+    """
+    from ..plugins import make_plugin_manager
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        pm = make_plugin_manager(files=plugin_files_from_argv(args))
+        app = make_app(pm)
+    except CptError as exc:
+        if debug():
+            raise
+        print_error(exc)
+        return 1
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="cpt", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,159 @@
+"""``cpt plugins`` and the per-registry listing commands (``cpt strategies``, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+import typer
+
+from ..errors import CptError
+from ..specs import REGISTRY_KINDS
+
+
+def _option_summary(spec: Any) -> str:
+    cls = getattr(spec, "options", None)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return ""
+    parts = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            parts.append(f"{f.name}={f.default!r}")
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            parts.append(f"{f.name}={f.default_factory()!r}")  # type: ignore[misc]
+        else:
+            parts.append(f.name)
+    return ", ".join(parts)
+
+
+def provided_names(pm: Any) -> tuple[dict[str, list[str]], list[str]]:
+    """``{plugin name: ["strategy ddp", ...]}`` over all registries, and registry errors."""
+    provided: dict[str, list[str]] = {}
+    errors: list[str] = []
+    for kind in REGISTRY_KINDS:
+        try:
+            registry = pm.registry(kind.key)
+        except CptError as exc:
+            errors.append(str(exc))
+            continue
+        for entry in registry:
+            provided.setdefault(entry.provider, []).append(f"{kind.singular} {entry.spec.name}")
+    return provided, errors
+
+
+def plugin_rows(pm: Any, hook: str | None = None) -> list[dict[str, Any]]:
+    """One dict per registered plugin (and per load failure) as shown by ``cpt plugins``."""
+    provided, _ = provided_names(pm)
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        if hook is not None and hook not in hooks:
+            continue
+        info = pm.info.get(name)
+        rows.append(
+            {
+                "plugin": name,
+                "version": info.version if info else "",
+                "source": info.source if info else "extra",
+                "hooks": hooks,
+                "provides": provided.get(name, []),
+                "error": None,
+            }
+        )
+    if hook is None:
+        for failure in pm.load_failures:
+            rows.append(
+                {
+                    "plugin": failure.name,
+                    "version": "",
+                    "source": failure.source,
+                    "hooks": [],
+                    "provides": [],
+                    "error": failure.error,
+                }
+            )
+    return rows
+
+
+def add_listing_commands(app: typer.Typer, pm: Any) -> None:
+    @app.command("plugins")
+    def plugins_cmd(
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        hook: Optional[str] = typer.Option(None, "--hook", help="Only plugins implementing this hook."),
+    ) -> None:
+        """List loaded plugins: version, source, hooks implemented, names provided, load failures."""
+        if hook is not None and not hasattr(pm.hook, hook):
+            from ..registry import Registry
+
+            names = Registry("hook")
+            for h in sorted(n for n in dir(pm.hook) if n.startswith("cpt_")):
+                names.add(type("H", (), {"name": h, "aliases": ()})(), "core")
+            names.get(hook)  # raises "unknown hook ...; did you mean ..."
+        rows = plugin_rows(pm, hook)
+        _, errors = provided_names(pm)
+        if as_json:
+            typer.echo(json.dumps({"plugins": rows, "registry_errors": errors}, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="cptcore plugins")
+        for col in ("plugin", "version", "source", "hooks", "provides"):
+            table.add_column(col)
+        for row in rows:
+            if row["error"]:
+                table.add_row(row["plugin"], "", row["source"], f"[red]failed to load: {row['error']}[/red]", "")
+            else:
+                table.add_row(
+                    row["plugin"], row["version"], row["source"], "\n".join(row["hooks"]), "\n".join(row["provides"])
+                )
+        console = Console()
+        console.print(table)
+        for err in errors:
+            console.print(f"[red]registry error:[/red] {err}")
+
+    for kind in REGISTRY_KINDS:
+        _add_registry_command(app, pm, kind)
+
+
+def registry_rows(pm: Any, key: str) -> list[dict[str, Any]]:
+    registry = pm.registry(key)
+    return [
+        {
+            "name": e.spec.name,
+            "aliases": registry.aliases_of(e.spec.name),
+            "provider": e.provider,
+            "description": getattr(e.spec, "description", ""),
+            "options": _option_summary(e.spec),
+        }
+        for e in registry
+    ]
+
+
+def _add_registry_command(app: typer.Typer, pm: Any, kind: Any) -> None:
+    def listing(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+        rows = registry_rows(pm, kind.key)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        print_registry_table(kind.command, rows)
+
+    listing.__doc__ = f"List the registered {kind.command} (name, aliases, provider, options)."
+    app.command(kind.command)(listing)
+
+
+def print_registry_table(title: str, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("name", "aliases", "provider", "description", "options"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], ", ".join(row["aliases"]), row["provider"], row["description"], row["options"])
+    if not rows:
+        table.caption = "none registered"
+    Console().print(table)

@@ -1,0 +1,408 @@
+"""The typed run config: YAML file, then CLI flags, then ``--set section.key=value``.
+
+One nested config of frozen dataclasses (:class:`RunConfig`). Loading is strict: an
+unknown key or a value of the wrong type is a :class:`~cptcore.errors.ConfigError` that
+names the key and where it came from (the YAML file, a flag, or ``--set``).
+
+The ``strategy`` and ``noise`` sections hold plugin-specific options besides their fixed
+keys (``name``, ``precision``); those go to ``options`` and are validated later, against
+the options dataclass the chosen plugin declares, by :func:`parse_options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # Hugging Face folder or .gguf file
+    tokenizer: str | None = None  # defaults to the model folder
+    dtype: str = "fp32"  # dtype the weights are loaded in: fp32 | bf16 | fp16
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # prepared folders, "PATH[:WEIGHT]"
+    eval: list[str] = field(default_factory=list)  # prepared folders for held-out eval
+    shuffle: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "ddp"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (ColossalAI's argument name)
+    options: dict[str, Any] = field(default_factory=dict)  # checked by the strategy plugin
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not applied to norms and biases
+    grad_clip: float = 1.0  # max global gradient L2 norm; 0 disables
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0  # linear warm-up from 0 to lr, in optimizer steps
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    out_dir: str = "runs/default"
+    max_steps: int = 100  # optimizer steps
+    micro_batch_size: int = 1  # sequences per rank per forward/backward
+    accumulation_steps: int = 1  # micro-batches per optimizer step
+    global_batch_tokens: int | None = None  # if set, accumulation is derived from it
+    seed: int = 42
+    freeze: str = "none"  # none | non-embeddings
+    eval_every: int = 0  # optimizer steps; 0 = only at the end
+    eval_batches: int | None = None  # cap on eval micro-batches; None = all
+
+
+@dataclass(frozen=True)
+class CheckpointingConfig:
+    save_every: int = 0  # optimizer steps; 0 = only at the end
+    keep_last: int = 2
+    resume: str | None = None  # None | "auto" | path to a checkpoint folder
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])
+    log_every: int = 1
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    train_embeddings: bool = False
+    merge_on_export: bool = True
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    name: str | None = None  # e.g. "neftune"; None = no noise
+    options: dict[str, Any] = field(default_factory=dict)  # checked by the noise plugin
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (plugin options flattened into their section)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "sources":
+                continue
+            section = dataclasses.asdict(getattr(self, f.name))
+            extras = section.pop("options", None)
+            if extras:
+                section.update(extras)
+            out[f.name] = section
+        return out
+
+    def source(self, dotted: str) -> str:
+        return self.sources.get(dotted, "default")
+
+
+# Sections whose unknown keys are plugin options rather than errors.
+_OPEN_SECTIONS = {"strategy", "noise"}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (lightly coerced)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{source}: {key}: bad value {value!r}")
+    if origin in (list, tuple, Sequence):
+        if isinstance(value, str) and "," in value:
+            value = [v.strip() for v in value.split(",")]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{source}: {key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: {key}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # PyYAML reads "1e-4" as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: {key}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{source}: {key}: expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown(key: str, valid: Sequence[str], source: str, what: str = "config key") -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{source}: unknown {what} '{key}'{hint} (valid: {', '.join(sorted(valid))})")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str, sources: Mapping[str, str]) -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "sources"]
+    kwargs: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    section = prefix.rstrip(".")
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        src = sources.get(dotted, "config")
+        if key not in names or key == "options":
+            if section in _OPEN_SECTIONS:
+                options[key] = value
+                continue
+            raise _unknown(dotted, names, src)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{src}: '{dotted}' must be a mapping of keys, got {value!r}")
+            kwargs[key] = _build(tp, value, f"{dotted}.", sources)
+        else:
+            kwargs[key] = _coerce(value, tp, dotted, src)
+    if options:
+        kwargs["options"] = options
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one ``--set section.key=value``; the value is read as YAML (so ``2`` is an
+    int, ``true`` a bool, ``[a, b]`` a list).
+
+    Raises:
+        ConfigError: no ``=`` or an empty key.
+    """
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or "." not in key:
+        raise ConfigError(f"--set {item}: expected section.key=value (e.g. training.max_steps=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict.
+
+    Raises:
+        ConfigError: missing file, YAML syntax error (with its line), or a top level that
+            is not a mapping.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a :class:`RunConfig` from, in increasing priority: ``base`` (a dict, e.g. a
+    checkpoint's saved config), the YAML file at ``path``, ``overrides`` (dotted key ->
+    value from CLI flags; ``None`` values are ignored; a key may be ``"--flag"``-labelled
+    as ``{"training.max_steps": (10, "--max-steps")}``), then ``sets`` (``--set k=v``).
+
+    Raises:
+        ConfigError: unknown key or wrong type, naming the key and its source.
+    """
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def apply(flat: Mapping[str, Any], label: str) -> None:
+        for dotted, value in flat.items():
+            if value is None and label == "command line":
+                continue
+            _set_dotted(tree, dotted, value)
+            sources[dotted] = label
+
+    if base:
+        apply(_flatten(base), "checkpoint config")
+    if path is not None:
+        apply(_flatten(read_yaml(path)), str(path))
+    if overrides:
+        apply(dict(overrides), "command line")
+    for item in sets:
+        key, value = parse_set(item)
+        apply({key: value}, f"--set {item}")
+    cfg = _build(RunConfig, tree, "", sources)
+    return dataclasses.replace(cfg, sources=sources)
+
+
+def parse_options(cls: type | None, values: Mapping[str, Any], *, owner: str, config: RunConfig | None = None, section: str = "") -> Any:
+    """Validate plugin options against the plugin's options dataclass.
+
+    Args:
+        cls: the plugin's options dataclass, or ``None`` if it takes none.
+        values: the user's options (``config.strategy.options`` etc.).
+        owner: how to name the plugin in errors, e.g. ``"strategy 'hybrid3d'"``.
+        config, section: used to say where each key came from.
+
+    Returns:
+        An instance of ``cls`` (``None`` when ``cls`` is ``None`` and no values given).
+
+    Raises:
+        ConfigError: unknown option (with did-you-mean) or wrong type.
+    """
+    def src(key: str) -> str:
+        if config is None:
+            return owner
+        return config.source(f"{section}.{key}" if section else key)
+
+    if cls is None:
+        if values:
+            key = next(iter(values))
+            raise ConfigError(f"{src(key)}: {owner} takes no options, got '{key}'")
+        return None
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown(f"{section}.{key}" if section else key, names, src(key), what=f"option for {owner}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}" if section else key, src(key))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{owner}: {exc}") from exc
+
+
+def write_resolved(config: RunConfig, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config as YAML into ``directory`` (created) and return its path."""
+    import yaml
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / name
+    out.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return out
+
+
+def options_to_dict(options: Any) -> dict[str, Any]:
+    """A plugin options instance as a plain dict ({} for None)."""
+    return dataclasses.asdict(options) if options is not None else {}

@@ -1,0 +1,154 @@
+"""Frozen spec objects that plugins return from the ``cpt_register_*`` hooks.
+
+Specs are plain frozen dataclasses holding names, descriptions, an optional options
+class and *callables*. They never import torch, transformers or colossalai at module
+level: heavy imports happen inside the callables (``build``, ``attach``, ``render``...),
+so listing plugins stays fast.
+
+Every spec has ``name`` (what the user types), ``aliases`` (other accepted names) and
+``description`` (one line shown by the listing commands). ``options`` is an optional
+dataclass type; the user's options for the plugin (config section or ``--set
+section.key=value``) are validated against it by :func:`cptcore.config.parse_options`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A parallel training strategy (a ColossalAI Booster plugin and how to drive it).
+
+    Attributes:
+        name: registry name, e.g. ``"ddp"``, ``"zero2"``, ``"hybrid3d"``.
+        build: ``build(options, config) -> cptcore.train.strategy.Strategy``; called once
+            per process after the process group exists. ``options`` is an instance of
+            ``options`` (or ``None``), ``config`` the resolved :class:`cptcore.config.RunConfig`.
+        options: dataclass of the strategy's options (ColossalAI argument names where
+            one exists: ``tp_size``, ``pp_size``, ``zero_stage``, ``cpu_offload``...).
+        validate: ``validate(options, config, world_size, model_config) -> None``: pure
+            arithmetic, called before any process group exists; raises
+            :class:`cptcore.errors.ConfigError` with a one-line message.
+            ``model_config`` is a mapping with ``num_attention_heads``,
+            ``num_key_value_heads``, ``num_hidden_layers`` (or ``None`` when unknown).
+        preset: option values applied before the user's (how ``zero2_cpu`` is ``zero2``
+            with ``cpu_offload=True``).
+    """
+
+    name: str
+    build: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    validate: Callable[..., None] | None = None
+    aliases: tuple[str, ...] = ()
+    preset: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """Noise added to the input embeddings while training (e.g. NEFTune).
+
+    Attributes:
+        name: registry name, e.g. ``"neftune"``.
+        attach: ``attach(model, options) -> handle``; registers whatever hook adds the
+            noise and returns an object with ``remove()`` that detaches it. The noise
+            must be active only when ``model.training`` is true.
+        options: dataclass of options (e.g. ``alpha: float = 5.0``).
+    """
+
+    name: str
+    attach: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PackerSpec:
+    """Packs tokenized documents into fixed-length training rows.
+
+    Attributes:
+        name: registry name, e.g. ``"splice"``, ``"greedy"``, ``"bfd"``.
+        make: ``make(max_length, pad_id, options) -> packer``; a packer is an object with
+            ``add(doc) -> list[row]`` and ``flush() -> list[row]`` (see
+            :mod:`cptcore.data.packing` for the document and row types).
+        splits_documents: True when a document may span two rows (``splice``).
+        options: dataclass of options.
+    """
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+    splits_documents: bool = False
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a rendered conversation: its text and whether it carries loss."""
+
+    text: str
+    train: bool = False
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat template: renders a conversation into text segments with loss flags.
+
+    Attributes:
+        name: registry name, e.g. ``"chatml"``, ``"llama3"``.
+        render: ``render(messages, *, tokenizer, options) -> list[Segment]``.
+            ``messages`` is a sequence of ``{"role": "system"|"user"|"assistant",
+            "content": str}``. The concatenation of the segments' text is the full
+            rendered conversation (special tokens written as text, e.g. ``"<|im_end|>"``);
+            segments with ``train=True`` are the assistant's content and its end-of-turn
+            token. Label masks are computed from the tokenizer's character offsets of
+            these segments, never by tokenizing fragments separately.
+        options: dataclass of template knobs (e.g. a default system prompt).
+    """
+
+    name: str
+    render: Callable[..., list[Segment]]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    """A metric logger (TensorBoard, JSONL, ...).
+
+    Attributes:
+        name: registry name, e.g. ``"tensorboard"``.
+        create: ``create(log_dir: pathlib.Path, config) -> logger``; a logger has
+            ``log(metrics: dict[str, float], step: int)`` and ``close()``. Called on
+            rank 0 only.
+    """
+
+    name: str
+    create: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegistryKind:
+    """How one registry is built: its hook, what it holds, and its listing command."""
+
+    key: str  # e.g. "strategies"
+    hook: str  # e.g. "cpt_register_strategies"
+    singular: str  # e.g. "strategy" (used in "unknown strategy 'x'")
+    command: str  # listing command, e.g. "strategies"
+
+
+REGISTRY_KINDS: Sequence[RegistryKind] = (
+    RegistryKind("strategies", "cpt_register_strategies", "strategy", "strategies"),
+    RegistryKind("noise", "cpt_register_noise", "noise", "noise"),
+    RegistryKind("packers", "cpt_register_packers", "packer", "packers"),
+    RegistryKind("templates", "cpt_register_chat_templates", "chat template", "templates"),
+    RegistryKind("loggers", "cpt_register_loggers", "logger", "loggers"),
+)

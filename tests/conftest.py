@@ -1,0 +1,39 @@
+"""Shared fixtures. Real inputs come from the repo (tests/data, cptcore/assets) or from
+PyPI through :mod:`cptcore.assets`; nothing is read from ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["cptcore.testing"]
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def mistral_sp_model() -> Path:
+    """Mistral-7B v0.1 SentencePiece model (32000 pieces, byte fallback)."""
+    return DATA / "tokenizers" / "mistral-v1.model"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from cptcore.assets import smollm2_gguf as fetch
+
+    return fetch()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from its GGUF into a clean HF folder (cached)."""
+    from cptcore.assets import smollm2_hf_dir
+
+    return smollm2_hf_dir()
