@@ -37,3 +37,26 @@ def smollm2_dir() -> Path:
     from cptcore.assets import smollm2_hf_dir
 
     return smollm2_hf_dir()
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, mistral_sp_model: Path) -> Path:
+    """A Hugging Face folder (slow + fast files) for the Mistral v1 SentencePiece model."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    out = tmp_path_factory.mktemp("mistral_tok")
+    LlamaTokenizer(vocab_file=str(mistral_sp_model), legacy=False).save_pretrained(out)
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)  # adds tokenizer.json
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2's byte-level BPE tokenizer with upstream behaviour (no BOS, eos
+    <|im_end|>), bundled in tests/data (made by ``cpt model import-gguf``)."""
+    bundled = DATA / "tokenizers" / "smollm2"
+    if (bundled / "tokenizer.json").is_file():
+        return bundled
+    from cptcore.assets import smollm2_hf_dir
+
+    return smollm2_hf_dir()
