@@ -1,0 +1,12 @@
+"""Built-in plugin: the ``cpt report`` command (code in :mod:`cptcore.cli.report`)."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def cpt_register_commands(app, pm):
+    from ..cli.report import register
+
+    register(app)
