@@ -1,0 +1,4 @@
+"""Model loading and surgery: GGUF import (:mod:`.gguf`), embedding resize (:mod:`.resize`).
+
+Heavy libraries (torch, transformers) are imported inside functions.
+"""
