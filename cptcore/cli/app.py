@@ -70,11 +70,11 @@ def make_app(pm: Any) -> typer.Typer:
 
     @app.callback()
     def _root(
-        version: Optional[bool] = typer.Option(
-            None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        version: bool = typer.Option(
+            False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
         ),
         plugin: Optional[list[str]] = typer.Option(
-            None, "--plugin", help="Load a plugin from a .py file (repeatable; read before the command runs)."
+            None, "--plugin", metavar="FILE", help="Load a plugin from a .py file (repeatable; read before the command runs)."
         ),
     ) -> None:
         """cptcore: continual pretraining and SFT of LLaMA-family models."""
