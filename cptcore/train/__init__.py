@@ -1,0 +1,2 @@
+"""The training engine: loop, strategy interface, data loading, optimizer and schedule,
+checkpoints, metrics, launch. Import submodules explicitly (they import torch)."""
