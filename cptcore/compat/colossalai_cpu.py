@@ -329,7 +329,8 @@ def _no_cuda_device() -> Any:
     import torch
 
     saved = torch.cuda.current_device
-    torch.cuda.current_device = lambda: None  # FSDP(device_id=None) keeps the module on CPU
+    # torch FSDP needs an explicit CPU device_id when no accelerator exists (_init_utils.py:400)
+    torch.cuda.current_device = lambda: torch.device("cpu")
     try:
         yield
     finally:
