@@ -1,0 +1,262 @@
+"""Packers: tokenized documents in, fixed-length training rows out.
+
+A :class:`Doc` is one tokenized document (``input_ids`` and ``labels``, int32 arrays of
+the same length). A :class:`Row` is one training example: ``input_ids``, ``labels``
+(-100 where masked) and ``position_ids`` (int32, restarting at 0 at every document
+boundary and at the start of every row), plus how many of its tokens are padding.
+Padding uses ``pad_id`` with label -100, and its positions restart at 0 (the pad span
+is its own "document", so it never attends to real tokens).
+
+A packer (made by ``PackerSpec.make(max_length, pad_id, options)``) has ``add(doc) ->
+list[Row]`` and ``flush() -> list[Row]``; it holds a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .packing_options import BfdOptions, SpliceOptions, WholeDocOptions
+from .tokenize import IGNORE
+
+
+@dataclass
+class Doc:
+    """A tokenized document: ``input_ids``/``labels`` int32 ``[n]``; ``source`` is the
+    index of the input it came from."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    source: int = 0
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class Row:
+    """A packed row: ``input_ids``, ``labels``, ``position_ids`` int32 ``[length]``;
+    the last ``n_pad`` tokens are padding."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    n_pad: int = 0
+
+
+def make_doc(input_ids: Sequence[int], labels: Sequence[int] | None = None, source: int = 0) -> Doc:
+    ids = np.asarray(input_ids, dtype=np.int32)
+    lab = ids.copy() if labels is None else np.asarray(labels, dtype=np.int32)
+    return Doc(ids, lab, source)
+
+
+def positions_from_starts(starts: np.ndarray) -> np.ndarray:
+    """``position_ids`` ``[n]`` int32 from a bool array marking each document's first
+    token: ``arange`` restarting at 0 at every marked index (index 0 always starts)."""
+    n = starts.shape[0]
+    idx = np.arange(n, dtype=np.int32)
+    marks = np.where(starts, idx, 0)
+    if n:
+        marks[0] = 0
+    return idx - np.maximum.accumulate(marks)
+
+
+def build_row(docs: Sequence[Doc], length: int | None, pad_id: int) -> Row:
+    """Concatenate whole documents into one row, padded to ``length`` (no padding when
+    ``length`` is None)."""
+    ids = np.concatenate([d.input_ids for d in docs]) if docs else np.zeros(0, np.int32)
+    lab = np.concatenate([d.labels for d in docs]) if docs else np.zeros(0, np.int32)
+    pos = np.concatenate([np.arange(len(d), dtype=np.int32) for d in docs]) if docs else np.zeros(0, np.int32)
+    n_pad = 0 if length is None else length - ids.shape[0]
+    if n_pad > 0:
+        ids = np.concatenate([ids, np.full(n_pad, pad_id, np.int32)])
+        lab = np.concatenate([lab, np.full(n_pad, IGNORE, np.int32)])
+        pos = np.concatenate([pos, np.arange(n_pad, dtype=np.int32)])
+    return Row(ids, lab, pos, max(n_pad, 0))
+
+
+def fit_long(doc: Doc, max_length: int, policy: str) -> list[Doc]:
+    """Apply the over-long document policy: ``split`` into ``max_length`` chunks (the
+    default), ``truncate`` to the first ``max_length`` tokens, or ``skip`` (returns
+    ``[]``). Documents that fit are returned as they are."""
+    n = len(doc)
+    if n <= max_length:
+        return [doc]
+    if policy == "skip":
+        return []
+    if policy == "truncate":
+        return [Doc(doc.input_ids[:max_length], doc.labels[:max_length], doc.source)]
+    return [
+        Doc(doc.input_ids[i : i + max_length], doc.labels[i : i + max_length], doc.source)
+        for i in range(0, n, max_length)
+    ]
+
+
+# ----------------------------------------------------------------------------- splice
+
+
+
+
+class SplicePacker:
+    """Concatenate all documents and cut every ``max_length`` tokens; documents may span
+    rows, nothing is dropped; the last partial row is padded (or kept short) and its
+    padding counted."""
+
+    def __init__(self, max_length: int, pad_id: int, options: SpliceOptions | None = None):
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.options = options or SpliceOptions()
+        self._ids: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
+        self._n = 0
+
+    def add(self, doc: Doc) -> list[Row]:
+        if len(doc) == 0:
+            return []
+        starts = np.zeros(len(doc), dtype=bool)
+        starts[0] = True
+        self._ids.append(doc.input_ids)
+        self._labels.append(doc.labels)
+        self._starts.append(starts)
+        self._n += len(doc)
+        if self._n < self.max_length:
+            return []
+        return self._cut(final=False)
+
+    def _cut(self, final: bool) -> list[Row]:
+        ids = np.concatenate(self._ids)
+        lab = np.concatenate(self._labels)
+        starts = np.concatenate(self._starts)
+        L = self.max_length
+        k = ids.shape[0] // L
+        rows = []
+        for r in range(k):
+            s = slice(r * L, (r + 1) * L)
+            rows.append(Row(ids[s], lab[s], positions_from_starts(starts[s])))
+        rest = slice(k * L, None)
+        self._ids, self._labels, self._starts = [ids[rest]], [lab[rest]], [starts[rest]]
+        self._n = ids.shape[0] - k * L
+        if final and self._n:
+            tail = Doc(ids[rest], lab[rest])
+            tail_row = Row(ids[rest], lab[rest], positions_from_starts(starts[rest]))
+            if self.options.last == "pad":
+                n_pad = L - self._n
+                tail_row = Row(
+                    np.concatenate([tail.input_ids, np.full(n_pad, self.pad_id, np.int32)]),
+                    np.concatenate([tail.labels, np.full(n_pad, IGNORE, np.int32)]),
+                    np.concatenate([tail_row.position_ids, np.arange(n_pad, dtype=np.int32)]),
+                    n_pad,
+                )
+            rows.append(tail_row)
+            self._ids, self._labels, self._starts, self._n = [], [], [], 0
+        return rows
+
+    def flush(self) -> list[Row]:
+        if not self._n:
+            return []
+        return self._cut(final=True)
+
+
+# ----------------------------------------------------------------------------- greedy
+
+
+
+
+
+
+class GreedyPacker:
+    """The seed's packer: add whole documents to the current row until the next one does
+    not fit, then start a new row. Documents must be at most ``max_length`` long."""
+
+    def __init__(self, max_length: int, pad_id: int, options: WholeDocOptions | None = None):
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.options = options or WholeDocOptions()
+        self._docs: list[Doc] = []
+        self._n = 0
+
+    def add(self, doc: Doc) -> list[Row]:
+        if len(doc) > self.max_length:
+            raise ValueError(f"document of {len(doc)} tokens > max_length {self.max_length}")
+        out = []
+        if self._n + len(doc) > self.max_length:
+            out = self.flush()
+        self._docs.append(doc)
+        self._n += len(doc)
+        return out
+
+    def flush(self) -> list[Row]:
+        if not self._docs:
+            return []
+        row = build_row(self._docs, self.max_length if self.options.pad else None, self.pad_id)
+        self._docs, self._n = [], 0
+        return [row]
+
+
+class BfdPacker:
+    """Best-fit decreasing bin packing of whole documents, over buffers of
+    ``buffer_docs`` documents: sort by length (longest first, ties by arrival), put each
+    into the open row with the least room that still fits it, else open a new row.
+    Rows come out in the order they were opened. (Best-fit decreasing: Johnson, "Near-
+    optimal bin packing algorithms", MIT 1973; uses at most 11/9 OPT + 1 bins.)"""
+
+    def __init__(self, max_length: int, pad_id: int, options: BfdOptions | None = None):
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.options = options or BfdOptions()
+        self._docs: list[Doc] = []
+
+    def add(self, doc: Doc) -> list[Row]:
+        if len(doc) > self.max_length:
+            raise ValueError(f"document of {len(doc)} tokens > max_length {self.max_length}")
+        self._docs.append(doc)
+        if len(self._docs) >= self.options.buffer_docs:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[Row]:
+        docs, self._docs = self._docs, []
+        if not docs:
+            return []
+        order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
+        bins: list[list[Doc]] = []
+        room: list[tuple[int, int]] = []  # sorted (remaining room, bin index)
+        for i in order:
+            need = len(docs[i])
+            j = bisect.bisect_left(room, (need, -1))
+            if j < len(room):
+                free, b = room.pop(j)
+            else:
+                free, b = self.max_length, len(bins)
+                bins.append([])
+            bins[b].append(docs[i])
+            bisect.insort(room, (free - need, b))
+        length = self.max_length if self.options.pad else None
+        return [build_row(b, length, self.pad_id) for b in bins]
+
+
+class PassThrough:
+    """No packing (SFT default): one unpadded row per document."""
+
+    def __init__(self, max_length: int, pad_id: int, options: object = None):
+        self.max_length = max_length
+        self.pad_id = pad_id
+
+    def add(self, doc: Doc) -> list[Row]:
+        return [build_row([doc], None, self.pad_id)]
+
+    def flush(self) -> list[Row]:
+        return []
+
+
+def pack_all(packer, docs: Iterable[Doc]) -> list[Row]:
+    """Feed every document to ``packer`` and flush it (for tests and small inputs)."""
+    rows: list[Row] = []
+    for d in docs:
+        rows.extend(packer.add(d))
+    rows.extend(packer.flush())
+    return rows

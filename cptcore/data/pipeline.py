@@ -1,0 +1,272 @@
+"""``prepare(pm, args)``: inputs -> tokenized documents -> packer -> Arrow shards +
+manifest. Used by ``cpt prepare pretrain|sft`` and usable from Python."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import options_to_dict, parse_options
+from ..errors import ConfigError, DataError
+from ..registries import call_provider
+from . import readers
+from .manifest import FORMAT_VERSION, tokenizer_vocab_hash, write_manifest
+from .mixing import Mixer
+from .packing import Doc, PassThrough, fit_long
+from .stats import InputStats, Progress, RowStats, reason_key
+from .workers import ChunkStream, Executor, pretrain_chunk, sft_chunk
+
+LONG_DOC = ("split", "truncate", "skip")
+
+
+@dataclass(frozen=True)
+class PrepareArgs:
+    """Everything ``cpt prepare`` takes (see docs/data.md for each option)."""
+
+    kind: str  # "pretrain" | "sft"
+    tokenizer: str
+    inputs: tuple[str, ...]
+    out: str
+    max_length: int = 2048
+    packer: str | None = "splice"  # None: no packing (SFT default)
+    packer_options: dict = field(default_factory=dict)
+    template: str = "chatml"
+    template_options: dict = field(default_factory=dict)
+    text_field: str = "text"
+    num_proc: int = 1
+    num_shards: int = 1
+    on_error: str = "stop"  # "stop" | "skip"
+    long_doc: str = "split"
+    add_bos: bool | None = None
+    add_eos: bool | None = None
+    mix: str = "downsample"
+    seed: int = 0
+    shuffle_window: int = 0  # rows shuffled together (0: keep order)
+    overwrite: bool = False
+    command: str = ""
+    progress: bool = False
+
+
+def _validate(args: PrepareArgs) -> None:
+    if args.kind not in ("pretrain", "sft"):
+        raise ConfigError(f"unknown kind {args.kind!r}")
+    if args.max_length < 2:
+        raise ConfigError("--max-length must be at least 2")
+    if args.on_error not in ("stop", "skip"):
+        raise ConfigError(f"--on-error must be stop or skip, got {args.on_error!r}")
+    if args.long_doc not in LONG_DOC:
+        raise ConfigError(f"--long-doc must be one of {', '.join(LONG_DOC)}, got {args.long_doc!r}")
+    if args.mix not in ("downsample", "upsample"):
+        raise ConfigError(f"--mix must be downsample or upsample, got {args.mix!r}")
+    if args.num_shards < 1 or args.num_proc < 1:
+        raise ConfigError("--num-shards and --num-proc must be >= 1")
+    if not args.inputs:
+        raise ConfigError("give at least one --input")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--out {out} exists and is not empty (use --overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _to_item_pretrain(rec: readers.Record) -> tuple:
+    if rec.error:
+        return ("error", rec.error)
+    if rec.text is not None:
+        return ("text", rec.text)
+    return ("pair", (rec.source, rec.target))
+
+
+def _to_item_sft(rec: readers.Record) -> tuple:
+    return ("error", rec.error) if rec.error else ("obj", rec.data)
+
+
+def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
+    """Run the whole preparation; returns the manifest (also written to ``out``).
+
+    Raises:
+        ConfigError: bad option, unknown packer/template, output folder not empty.
+        DataError: bad input with ``on_error="stop"`` (``file:line: problem``).
+    """
+    from .. import __version__
+    from .tokenize import load_tokenizer, special_tokens
+
+    _validate(args)
+    t0 = time.perf_counter()
+    specs = [readers.parse_input(s) for s in args.inputs]
+    weighted = [s.weight is not None for s in specs]
+    if any(weighted) and not all(weighted):
+        raise ConfigError("give a :WEIGHT to every --input or to none")
+    weights = [s.weight for s in specs] if all(weighted) else None
+
+    tok_path = str(args.tokenizer)
+    tok = load_tokenizer(tok_path)
+    sp = special_tokens(tok, args.add_bos, args.add_eos)
+    if args.packer:
+        pspec = pm.registry("packers").get(args.packer)
+        popts = parse_options(pspec.options, args.packer_options, owner=f"packer '{pspec.name}'", section="packer")
+        packer = pspec.make(args.max_length, sp.pad_id, popts)
+        splits = pspec.splits_documents
+    else:
+        if args.packer_options:
+            raise ConfigError("packer options given without --packer")
+        pspec, popts, packer, splits = None, None, PassThrough(args.max_length, sp.pad_id), False
+
+    executor = Executor(args.num_proc)
+    if args.kind == "pretrain":
+        tokenize_fn = call_provider(pm, "cpt_tokenize_fn", tokenizer_path=tok_path, add_bos=args.add_bos, add_eos=args.add_eos)
+        fn, fn_args, to_item, field_name = pretrain_chunk, (tokenize_fn, tok_path, args.add_bos, args.add_eos), _to_item_pretrain, args.text_field
+        tspec, topts = None, None
+    else:
+        tspec = pm.registry("templates").get(args.template)
+        topts = parse_options(tspec.options, args.template_options, owner=f"template '{tspec.name}'", section="template")
+        if topts is None and tspec.options is not None:
+            topts = tspec.options()
+        tspec.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenizer=tok, options=topts)
+        fn, fn_args, to_item, field_name = sft_chunk, (tok_path, tspec, topts, args.max_length), _to_item_sft, None
+
+    stats = [InputStats(s.pattern, s.weight) for s in specs]
+
+    def factory(i: int):
+        def make():
+            def records():
+                for rec in readers.iter_input(specs[i], field_name):
+                    stats[i].files.add(rec.path)
+                    yield rec
+
+            return iter(ChunkStream(records(), to_item, executor, fn, fn_args))
+
+        return make
+
+    mixer = Mixer([factory(i) for i in range(len(specs))], weights, lambda it: 0 if it[1] else len(it[2]), args.mix)
+    total_bytes = sum(os.path.getsize(p) for s in specs for p in readers.expand(s))
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    from .writer import ShardWriter
+
+    writer = ShardWriter(out)
+    rows_stats = RowStats()
+    rng = np.random.default_rng(args.seed)
+    window: list = []
+
+    def emit(rows: list) -> None:
+        if not rows:
+            return
+        rows_stats.add(rows)
+        if args.shuffle_window <= 1:
+            writer.write(rows)
+            return
+        window.extend(rows)
+        if len(window) >= args.shuffle_window:
+            flush_window()
+
+    def flush_window() -> None:
+        order = rng.permutation(len(window))
+        writer.write([window[j] for j in order])
+        window.clear()
+
+    progress = Progress(total_bytes, args.progress, f"prepare {args.kind}")
+    try:
+        for i, (rec, reason, ids, labels) in mixer:
+            st = stats[i]
+            st.read += 1
+            progress.advance(rec.nbytes, 0 if reason else len(ids))
+            if reason:
+                if args.on_error == "stop":
+                    hint = " (use --on-error skip to skip and count such records)"
+                    raise DataError(reason + hint, path=rec.path, line=rec.line or None)
+                st.skipped[reason_key(reason)] += 1
+                continue
+            st.tokens_in += len(ids)
+            doc = Doc(ids, labels, i)
+            if args.kind == "sft" or (splits and args.long_doc == "split"):
+                pieces = [doc]
+            else:
+                pieces = fit_long(doc, args.max_length, args.long_doc)
+            if not pieces:
+                st.skipped["longer than max_length"] += 1
+                st.tokens_skipped += len(doc)
+                continue
+            kept = sum(len(p) for p in pieces)
+            st.packed += 1
+            st.tokens_packed += kept
+            st.tokens_truncated += len(doc) - kept
+            for piece in pieces:
+                emit(packer.add(piece))
+        emit(packer.flush())
+        if window:
+            flush_window()
+        progress.close()
+        num_shards = writer.close(args.num_shards)
+    except BaseException:
+        progress.close()
+        writer.abort()
+        raise
+    finally:
+        executor.close()
+
+    for i, st in enumerate(stats):
+        st.epochs, st.exhausted = mixer.epochs[i], mixer.exhausted[i]
+    total_packed = sum(s.tokens_packed for s in stats)
+    wsum = sum(weights) if weights else None
+    skipped: dict[str, int] = {}
+    for st in stats:
+        for k, v in st.skipped.items():
+            skipped[k] = skipped.get(k, 0) + v
+    slots = rows_stats.packs * args.max_length
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": args.kind,
+        "tokenizer": {
+            "name_or_path": tok_path,
+            "vocab_hash": tokenizer_vocab_hash(tok),
+            "vocab_size": len(tok),
+            "bos_id": sp.bos_id,
+            "eos_id": sp.eos_id,
+        },
+        "pad_id": sp.pad_id,
+        "max_length": args.max_length,
+        "packer": pspec.name if pspec else None,
+        "packer_options": options_to_dict(popts) if popts is not None else {},
+        "template": tspec.name if tspec else None,
+        "template_options": options_to_dict(topts) if topts is not None else {},
+        "long_doc": args.long_doc,
+        "mix": args.mix if weights else None,
+        "inputs": [st.to_dict(total_packed, wsum) for st in stats],
+        "documents": {
+            "read": sum(s.read for s in stats),
+            "packed": sum(s.packed for s in stats),
+            "skipped": dict(sorted(skipped.items())),
+        },
+        "tokens": {
+            "in": sum(s.tokens_in for s in stats),
+            "out": rows_stats.tokens_out,
+            "pad": rows_stats.pad,
+            "truncated": sum(s.tokens_truncated for s in stats),
+            "skipped": sum(s.tokens_skipped for s in stats),
+            "labels": rows_stats.label_tokens,
+        },
+        "packs": rows_stats.packs,
+        "useful_token_fraction": (rows_stats.tokens_out / slots) if slots else 0.0,
+        "num_shards": num_shards,
+        "seed": args.seed,
+        "shuffle_window": args.shuffle_window,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "command": args.command,
+        "cptcore_version": __version__,
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def args_dict(args: PrepareArgs) -> dict[str, Any]:
+    return asdict(args)

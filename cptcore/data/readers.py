@@ -1,0 +1,226 @@
+"""Reading raw inputs: JSONL, JSON, Parquet and plain-text files, globs and weights.
+
+Every reader yields :class:`Record` objects, one per document, *including the bad
+ones*: a record with ``error`` set names the problem (``"malformed JSON"``, ``"invalid
+UTF-8"``, ``"missing field 'text'"``...), so the caller decides whether to stop
+(:class:`~cptcore.errors.DataError` naming ``file:line``) or to skip and count it.
+Files are read lazily, line by line (JSONL, text) or batch by batch (Parquet), so memory
+stays bounded; a JSON file holding one array is the exception (it is loaded whole).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSON_SUFFIXES = (".json",)
+PARQUET_SUFFIXES = (".parquet",)
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One ``--input PATH[:WEIGHT]``: a path or glob and its optional mixing weight."""
+
+    pattern: str
+    weight: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.pattern
+
+
+@dataclass(frozen=True)
+class Record:
+    """One document read from ``path`` at ``line`` (1-based line, array item or row).
+
+    ``text`` is the document (pretraining) and ``data`` the parsed JSON object (SFT);
+    ``source``/``target`` are set for the seed's ``{source, target, category}`` rows.
+    ``error`` is a short reason when the record is unusable; ``nbytes`` is how many
+    bytes of the file it consumed (for progress).
+    """
+
+    path: str
+    line: int
+    text: str | None = None
+    source: str | None = None
+    target: str | None = None
+    data: Any = None
+    error: str | None = None
+    nbytes: int = 0
+
+
+def parse_input(value: str) -> InputSpec:
+    """Parse ``PATH`` or ``PATH:WEIGHT`` (the weight is a positive number).
+
+    Raises:
+        DataError: the weight is not a positive number.
+    """
+    head, sep, tail = value.rpartition(":")
+    if sep and head and tail and not tail.startswith(("/", "\\")):
+        try:
+            weight = float(tail)
+        except ValueError:
+            return InputSpec(value)
+        if not weight > 0:
+            raise DataError(f"--input {value}: the weight must be a positive number")
+        return InputSpec(head, weight)
+    return InputSpec(value)
+
+
+def expand(spec: InputSpec) -> list[str]:
+    """The files an input names: the path itself, or the sorted matches of a glob.
+
+    A folder means every supported file in it (sorted). Returns an empty list when
+    nothing matches (the caller reports it as a missing file).
+    """
+    pattern = os.path.expanduser(spec.pattern)
+    if glob.has_magic(pattern):
+        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if os.path.isdir(pattern):
+        suffixes = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES
+        return sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and p.suffix in suffixes)
+    return [pattern] if os.path.exists(pattern) else []
+
+
+def file_format(path: str) -> str:
+    """``"jsonl"``, ``"json"``, ``"parquet"`` or ``"text"`` from the file name."""
+    name = path.lower()
+    for suffixes, fmt in (
+        (JSONL_SUFFIXES, "jsonl"),
+        (JSON_SUFFIXES, "json"),
+        (PARQUET_SUFFIXES, "parquet"),
+    ):
+        if name.endswith(suffixes) or name.endswith(tuple(s + ".gz" for s in suffixes)):
+            return fmt
+    return "text"
+
+
+def _text_of(obj: Any, path: str, line: int, field: str | None, nbytes: int) -> Record:
+    """A record from one parsed JSON object / Parquet row: the text (pretraining) or,
+    with ``field=None``, the object itself (SFT conversations)."""
+    if not isinstance(obj, dict):
+        return Record(path, line, error="not a JSON object", nbytes=nbytes)
+    if field is None:
+        return Record(path, line, data=obj, nbytes=nbytes)
+    if field not in obj and "source" in obj and "target" in obj:
+        src, tgt = obj["source"], obj["target"]
+        if not isinstance(src, str) or not isinstance(tgt, str):
+            return Record(path, line, error="field 'source'/'target' is not a string", nbytes=nbytes)
+        if not (src + tgt).strip():
+            return Record(path, line, error="empty document", nbytes=nbytes)
+        return Record(path, line, source=src, target=tgt, data=obj, nbytes=nbytes)
+    if field not in obj:
+        return Record(path, line, error=f"missing field '{field}'", nbytes=nbytes)
+    text = obj[field]
+    if not isinstance(text, str):
+        return Record(path, line, error=f"field '{field}' is not a string", nbytes=nbytes)
+    if not text.strip():
+        return Record(path, line, error="empty document", nbytes=nbytes)
+    return Record(path, line, text=text, data=obj, nbytes=nbytes)
+
+
+def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue  # blank lines are not documents
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield Record(path, lineno, error="invalid UTF-8", nbytes=len(raw))
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Record(path, lineno, error=f"malformed JSON ({exc.msg})", nbytes=len(raw))
+                continue
+            yield _text_of(obj, path, lineno, field, len(raw))
+
+
+def _iter_json(path: str, field: str | None) -> Iterator[Record]:
+    raw = Path(path).read_bytes()
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        yield Record(path, 1, error="invalid UTF-8", nbytes=len(raw))
+        return
+    except json.JSONDecodeError as exc:
+        yield Record(path, exc.lineno, error=f"malformed JSON ({exc.msg})", nbytes=len(raw))
+        return
+    items = obj if isinstance(obj, list) else [obj]
+    share = len(raw) // max(1, len(items))
+    for i, item in enumerate(items, 1):  # "line" is the array item number here
+        yield _text_of(item, path, i, field, share)
+
+
+def _iter_parquet(path: str, field: str | None) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        yield Record(path, 1, error=f"unreadable Parquet ({type(exc).__name__})")
+        return
+    size = os.path.getsize(path)
+    share = size // max(1, pf.metadata.num_rows)
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for obj in batch.to_pylist():
+            row += 1  # "line" is the 1-based row number here
+            yield _text_of(obj, path, row, field, share)
+
+
+def _iter_text(path: str, field: str | None) -> Iterator[Record]:
+    if field is None:
+        yield Record(path, 1, error="plain text is not a conversation (use JSONL)")
+        return
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        yield Record(path, line, error="invalid UTF-8", nbytes=len(raw))
+        return
+    if not text.strip():
+        yield Record(path, 1, error="empty document", nbytes=len(raw))
+        return
+    yield Record(path, 1, text=text, nbytes=len(raw))
+
+
+def iter_file(path: str, field: str | None = "text") -> Iterator[Record]:
+    """Yield every document of one file (a plain-text file is one document);
+    ``field=None`` yields JSON objects as they are (``Record.data``), for SFT.
+
+    An empty file yields one record with ``error="empty file"``.
+    """
+    if os.path.getsize(path) == 0:
+        yield Record(path, 1, error="empty file")
+        return
+    fmt = file_format(path)
+    if fmt == "jsonl":
+        yield from _iter_jsonl(path, field)
+    elif fmt == "json":
+        yield from _iter_json(path, field)
+    elif fmt == "parquet":
+        yield from _iter_parquet(path, field)
+    else:
+        yield from _iter_text(path, field)
+
+
+def iter_input(spec: InputSpec, field: str | None = "text") -> Iterator[Record]:
+    """Every record of every file an input names; a glob or path matching nothing yields
+    one record with ``error="missing file"``."""
+    files = expand(spec)
+    if not files:
+        yield Record(spec.pattern, 0, error="missing file")
+        return
+    for path in files:
+        yield from iter_file(path, field)

@@ -1,0 +1,117 @@
+"""SFT conversations: the four input formats, rendering, masks from offsets, cutting.
+
+Accepted rows (JSONL/JSON/Parquet objects):
+
+* ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+* the seed's ``{"messages": [{"from": "human"|"assistant", "content": str}, ...]}``
+* ShareGPT ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
+* Alpaca ``{"instruction": str, "input": str (optional), "output": str}``
+
+(an optional top-level ``"system"`` string becomes the system turn).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Sequence
+
+from .tokenize import IGNORE, encode_with_spans
+
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+}
+
+
+class SkipSample(Exception):
+    """A conversation that cannot be used; ``str(exc)`` is the reason counted."""
+
+
+def normalise(obj: Any) -> list[dict[str, str]]:
+    """``[{"role", "content"}]`` from any accepted row format.
+
+    Raises:
+        SkipSample: unknown format, unknown role, non-string content, no messages.
+    """
+    if not isinstance(obj, dict):
+        raise SkipSample("not a JSON object")
+    raw = obj.get("messages", obj.get("conversations"))
+    msgs: list[dict[str, str]] = []
+    if isinstance(obj.get("system"), str) and obj["system"]:
+        msgs.append({"role": "system", "content": obj["system"]})
+    if raw is None:
+        if "instruction" in obj and "output" in obj:
+            ins, inp, out = obj["instruction"], obj.get("input") or "", obj["output"]
+            if not all(isinstance(x, str) for x in (ins, inp, out)):
+                raise SkipSample("alpaca field is not a string")
+            user = f"{ins}\n\n{inp}" if inp.strip() else ins
+            return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
+        raise SkipSample("no conversation (need messages, conversations or instruction/output)")
+    if not isinstance(raw, list) or not raw:
+        raise SkipSample("empty conversation")
+    for i, m in enumerate(raw, 1):
+        if not isinstance(m, dict):
+            raise SkipSample(f"message {i} is not an object")
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        if not isinstance(role, str) or role.lower() not in ROLES:
+            raise SkipSample(f"unknown role {role!r}")
+        if not isinstance(content, str):
+            raise SkipSample("message content is not a string")
+        msgs.append({"role": ROLES[role.lower()], "content": content})
+    if msgs and msgs[0]["role"] == "system" and len(msgs) > 1 and msgs[1]["role"] == "system":
+        msgs = [msgs[0], *msgs[2:]]  # top-level system + system message: keep the top-level one
+    return msgs
+
+
+def segments_to_text(segments: Sequence[Any]) -> tuple[str, list[tuple[int, int]]]:
+    """The full text and the ``[start, end)`` character spans of trained segments."""
+    parts, spans, pos = [], [], 0
+    for seg in segments:
+        if seg.train and seg.text:
+            spans.append((pos, pos + len(seg.text)))
+        parts.append(seg.text)
+        pos += len(seg.text)
+    return "".join(parts), spans
+
+
+def encode_conversation(
+    tokenizer: Any, template: Any, options: Any, messages: Sequence[dict], max_length: int
+) -> tuple[list[int], list[int]]:
+    """Render and tokenize one conversation; labels from character offsets.
+
+    When longer than ``max_length`` tokens, keep the longest prefix of whole turns that
+    ends with an assistant turn and fits. Returns ``(input_ids, labels)``.
+
+    Raises:
+        SkipSample: ``"no assistant turn"``, ``"longer than max_length"`` (not even the
+            first assistant turn fits), ``"no assistant tokens"`` (all labels masked).
+    """
+    if not any(m["role"] == "assistant" for m in messages):
+        raise SkipSample("no assistant turn")
+    segs = template.render(messages, tokenizer=tokenizer, options=options)
+    text, spans = segments_to_text(segs)
+    ids, labels, offsets = encode_with_spans(tokenizer, text, spans)
+    if len(ids) > max_length:
+        starts = [o[0] for o in offsets]
+        best = 0
+        for k in range(1, len(messages) + 1):
+            if messages[k - 1]["role"] != "assistant":
+                continue
+            prefix, _ = segments_to_text(template.render(messages[:k], tokenizer=tokenizer, options=options))
+            if not text.startswith(prefix):
+                continue  # not a clean turn boundary for this template
+            n_tok = bisect.bisect_left(starts, len(prefix))
+            if n_tok <= max_length:
+                best = n_tok
+        if best == 0:
+            raise SkipSample("longer than max_length")
+        ids, labels = ids[:best], labels[:best]
+    if all(x == IGNORE for x in labels):
+        raise SkipSample("no assistant tokens")
+    return ids, labels

@@ -1,0 +1,194 @@
+"""Tokenizing chunks of records, in this process or in a pool of worker processes.
+
+A chunk is a list of records; the worker returns, per record, either an error reason or
+its tokens, packed as one flat int32 array plus lengths (cheap to send between
+processes). Chunks are submitted ahead with a bounded look-ahead per input, so memory
+stays bounded and the output order is the input order (deterministic).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .readers import Record
+
+
+@dataclass
+class ChunkResult:
+    """Per record: ``reasons[i]`` (None when fine) and its tokens
+    ``ids[starts[i]:starts[i+1]]`` (labels likewise; ``labels`` None = labels == ids)."""
+
+    reasons: list
+    ids: np.ndarray
+    labels: np.ndarray | None
+    starts: np.ndarray
+
+
+def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    starts = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(starts[-1]))
+    return flat, starts
+
+
+def pretrain_chunk(tokenize_fn: Callable, tokenizer_path: str, add_bos, add_eos, items: list) -> ChunkResult:
+    """``items``: ``(kind, payload)`` with kind ``"text"`` (payload str), ``"pair"``
+    (payload ``(source, target)``) or ``"error"`` (payload the reason)."""
+    from .tokenize import encode_source_target
+
+    texts = [p for k, p in items if k == "text"]
+    pairs = [p for k, p in items if k == "pair"]
+    text_ids = iter(tokenize_fn(texts) if texts else [])
+    pair_out = iter(encode_source_target(tokenizer_path, add_bos, add_eos, pairs) if pairs else [])
+    ids_list, lab_list, reasons = [], [], []
+    any_pair = bool(pairs)
+    for kind, payload in items:
+        if kind == "error":
+            reasons.append(payload)
+            ids_list.append(())
+            lab_list.append(())
+        elif kind == "text":
+            x = next(text_ids)
+            if not len(x):
+                reasons.append("no tokens")
+            else:
+                reasons.append(None)
+            ids_list.append(x)
+            lab_list.append(x)
+        else:
+            x, lab = next(pair_out)
+            reasons.append(None)
+            ids_list.append(x)
+            lab_list.append(lab)
+    ids, starts = _flatten(ids_list)
+    labels = _flatten(lab_list)[0] if any_pair else None
+    return ChunkResult(reasons, ids, labels, starts)
+
+
+def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int, items: list) -> ChunkResult:
+    """``items``: ``("obj", row)`` or ``("error", reason)``; renders and tokenizes each
+    conversation (:func:`cptcore.data.sft.encode_conversation`)."""
+    from .sft import SkipSample, encode_conversation, normalise
+    from .tokenize import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    ids_list, lab_list, reasons = [], [], []
+    for kind, payload in items:
+        if kind == "error":
+            reasons.append(payload)
+            ids_list.append(())
+            lab_list.append(())
+            continue
+        try:
+            ids, labels = encode_conversation(tok, template, options, normalise(payload), max_length)
+        except SkipSample as exc:
+            reasons.append(str(exc))
+            ids_list.append(())
+            lab_list.append(())
+            continue
+        reasons.append(None)
+        ids_list.append(ids)
+        lab_list.append(labels)
+    ids, starts = _flatten(ids_list)
+    return ChunkResult(reasons, ids, _flatten(lab_list)[0], starts)
+
+
+def _init_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+class Executor:
+    """Runs chunk functions inline (``num_proc <= 1``; the fast tokenizer still uses its
+    own threads) or in a ``fork`` process pool of ``num_proc`` workers."""
+
+    def __init__(self, num_proc: int):
+        self.num_proc = max(1, num_proc)
+        self.pool = None
+        if self.num_proc > 1:
+            import multiprocessing as mp
+
+            self.pool = mp.get_context("fork").Pool(self.num_proc, initializer=_init_worker)
+
+    def submit(self, fn: Callable, *args: Any):
+        if self.pool is None:
+            result = fn(*args)
+            return _Done(result)
+        return self.pool.apply_async(fn, args)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+class _Done:
+    def __init__(self, value: Any):
+        self.value = value
+
+    def get(self) -> Any:
+        return self.value
+
+
+class ChunkStream:
+    """Records of one input, tokenized in chunks with a bounded look-ahead.
+
+    Iterating yields ``(record, reason, ids, labels)`` in file order; ``reason`` is None
+    for usable records (``ids``/``labels`` int32 arrays), else the skip reason.
+    """
+
+    def __init__(
+        self,
+        records: Iterator[Record],
+        to_item: Callable[[Record], tuple],
+        executor: Executor,
+        fn: Callable,
+        fn_args: tuple,
+        chunk_records: int = 512,
+        chunk_chars: int = 2_000_000,
+    ):
+        self.records = records
+        self.to_item = to_item
+        self.executor = executor
+        self.fn = fn
+        self.fn_args = fn_args
+        self.chunk_records = chunk_records
+        self.chunk_chars = chunk_chars
+        self.lookahead = max(2, 2 * executor.num_proc)
+        self._pending: collections.deque = collections.deque()
+        self._exhausted = False
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._pending) < self.lookahead:
+            recs, items, chars = [], [], 0
+            for rec in self.records:
+                item = self.to_item(rec)
+                recs.append(rec)
+                items.append(item)
+                chars += rec.nbytes
+                if len(recs) >= self.chunk_records or chars >= self.chunk_chars:
+                    break
+            else:
+                self._exhausted = True
+            if recs:
+                self._pending.append((recs, self.executor.submit(self.fn, *self.fn_args, items)))
+
+    def __iter__(self):
+        while True:
+            self._fill()
+            if not self._pending:
+                return
+            recs, fut = self._pending.popleft()
+            res: ChunkResult = fut.get()
+            for i, rec in enumerate(recs):
+                a, b = int(res.starts[i]), int(res.starts[i + 1])
+                ids = res.ids[a:b]
+                labels = ids if res.labels is None else res.labels[a:b]
+                yield rec, res.reasons[i], ids, labels

@@ -1,0 +1,96 @@
+"""Writing rows as a ``datasets`` Arrow folder, as they come (bounded memory).
+
+Rows are appended to one temporary Arrow file next to the output folder (``datasets``'
+``ArrowWriter``); at the end the file is memory-mapped and saved with
+``Dataset.save_to_disk(out, num_shards=N)`` and the temporary file removed. Identical
+rows give byte-identical shards (the fingerprint is derived from the content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+COLUMNS = ("input_ids", "labels", "position_ids")
+
+
+def features():
+    """``datasets.Features``: three int32 list columns."""
+    from datasets import Features, Sequence as Seq, Value
+
+    return Features({c: Seq(Value("int32")) for c in COLUMNS})
+
+
+class ShardWriter:
+    """Append :class:`~cptcore.data.packing.Row` objects; :meth:`close` writes shards."""
+
+    def __init__(self, out_dir: str | Path, batch_rows: int = 1024):
+        from datasets.arrow_writer import ArrowWriter
+
+        self.out_dir = Path(out_dir)
+        self.tmp = self.out_dir.parent / f".{self.out_dir.name}.rows.arrow"
+        self.batch_rows = batch_rows
+        self._buf: list = []
+        self._hash = hashlib.sha256()
+        self._writer = ArrowWriter(features=features(), path=str(self.tmp))
+        self.rows = 0
+
+    def write(self, rows: Sequence) -> None:
+        self._buf.extend(rows)
+        if len(self._buf) >= self.batch_rows:
+            self._drain()
+
+    def _drain(self) -> None:
+        if not self._buf:
+            return
+        import pyarrow as pa
+
+        lengths = np.fromiter((r.input_ids.shape[0] for r in self._buf), dtype=np.int32, count=len(self._buf))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        cols = {}
+        for name in COLUMNS:
+            values = np.concatenate([getattr(r, name) for r in self._buf]).astype(np.int32, copy=False)
+            self._hash.update(values.tobytes())
+            cols[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+        self._hash.update(lengths.tobytes())
+        self._writer.write_table(pa.table(cols))
+        self.rows += len(self._buf)
+        self._buf = []
+
+    def close(self, num_shards: int) -> int:
+        """Write ``num_shards`` shards (fewer when there are fewer rows); returns the
+        number of shards written."""
+        from datasets import Dataset
+        from datasets.utils import logging as ds_logging
+
+        self._drain()
+        self._writer.finalize()
+        try:
+            ds = Dataset.from_file(str(self.tmp))
+            ds._fingerprint = self._hash.hexdigest()[:16]
+            shards = max(1, min(num_shards, len(ds)))
+            was_enabled = ds_logging.is_progress_bar_enabled()
+            ds_logging.disable_progress_bar()  # our own progress bar is enough
+            try:
+                ds.save_to_disk(str(self.out_dir), num_shards=shards)
+            finally:
+                if was_enabled:
+                    ds_logging.enable_progress_bar()
+            del ds
+        finally:
+            if self.tmp.exists():
+                os.remove(self.tmp)
+        return shards
+
+    def abort(self) -> None:
+        try:
+            self._writer.finalize()
+        except Exception:  # the writer may be half-written; we only clean up
+            pass
+        if self.tmp.exists():
+            os.remove(self.tmp)
