@@ -133,7 +133,72 @@ def registry_rows(pm: Any, key: str) -> list[dict[str, Any]]:
     ]
 
 
+SAMPLE_CONVERSATION = (
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome."},
+)
+
+
+def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
+    """Print a sample conversation rendered by chat template ``name``; trained spans
+    (assistant content + end-of-turn, which carry the loss) are highlighted in green,
+    masked text is dim. With ``tokenizer``, also print the token count and how many
+    tokens carry loss, computed from offsets as ``cpt prepare sft`` does."""
+    from rich.console import Console
+    from rich.text import Text
+
+    spec = pm.registry("templates").get(name)
+    tok = None
+    if tokenizer:
+        from ..data.tokenize import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    options = spec.options() if spec.options is not None else None
+    segments = spec.render(list(SAMPLE_CONVERSATION), tokenizer=tok, options=options)
+    console = Console()
+    # Colours on a terminal; without one (pipes, CI logs) trained spans are bracketed.
+    plain = console.no_color or not console.is_terminal
+    text = Text()
+    for seg in segments:
+        if seg.train:
+            text.append(f"⟦{seg.text}⟧" if plain else seg.text, style="bold black on green")
+        else:
+            text.append(seg.text, style="dim")
+    legend = "⟦trained (loss)⟧, the rest masked (-100)" if plain else "[black on green] trained (loss) [/] [dim]masked (-100)[/dim]"
+    console.print(f"[bold]template {spec.name}[/bold]: {legend}")
+    console.print(text)
+    if tok is not None:
+        from ..data.sft import segments_to_text
+        from ..data.tokenize import IGNORE, encode_with_spans
+
+        full, spans = segments_to_text(segments)
+        ids, labels, _ = encode_with_spans(tok, full, spans)
+        console.print(f"{len(ids)} tokens, {sum(1 for x in labels if x != IGNORE)} carry loss")
+
+
 def _add_registry_command(app: typer.Typer, pm: Any, kind: Any) -> None:
+    if kind.key == "templates":
+        def templates(
+            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+            show: Optional[str] = typer.Option(None, "--show", help="Render a sample conversation with this template, trained spans highlighted."),
+            tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="With --show: tokenizer folder (needed by 'tokenizer'; adds token counts)."),
+        ) -> None:
+            if show is not None:
+                show_template(pm, show, tokenizer)
+                return
+            rows = registry_rows(pm, kind.key)
+            if as_json:
+                typer.echo(json.dumps(rows, indent=2))
+                return
+            print_registry_table(kind.command, rows)
+
+        templates.__doc__ = "List the registered chat templates; --show NAME renders a sample with the loss spans marked."
+        app.command(kind.command)(templates)
+        return
+
     def listing(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
         rows = registry_rows(pm, kind.key)
         if as_json:
@@ -152,8 +217,10 @@ def print_registry_table(title: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=title)
     for col in ("name", "aliases", "provider", "description", "options"):
         table.add_column(col)
+    from rich.markup import escape
+
     for row in rows:
-        table.add_row(row["name"], ", ".join(row["aliases"]), row["provider"], row["description"], row["options"])
+        table.add_row(*(escape(x) for x in (row["name"], ", ".join(row["aliases"]), row["provider"], row["description"], row["options"])))
     if not rows:
         table.caption = "none registered"
     Console().print(table)
