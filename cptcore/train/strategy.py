@@ -134,12 +134,9 @@ class Strategy:
     def setup(self) -> None:
         """Create the Booster (the process group must exist). Applies the ColossalAI CPU
         compatibility patches first."""
-        try:  # TEMPORARY until cptcore.compat.colossalai_cpu lands (issue 6)
-            from ..compat import colossalai_cpu
+        from ..compat import colossalai_cpu
 
-            colossalai_cpu.apply()
-        except ImportError:
-            pass
+        colossalai_cpu.apply()
         from colossalai.booster import Booster
 
         self.booster = Booster(plugin=self.plugin, mixed_precision=self.mixed_precision)

@@ -1,0 +1,14 @@
+"""Built-in ``cpt_save`` provider (``trylast``): a Hugging Face folder with sharded
+safetensors, config, generation config and tokenizer, via :func:`cptcore.train.export.save_hf`."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl(trylast=True)
+def cpt_save(model, out_dir, config, tokenizer):
+    from ..train.export import save_hf
+
+    merge = bool(config.lora.merge_on_export) if config is not None else True
+    return save_hf(model, out_dir, tokenizer, merge_lora=merge)

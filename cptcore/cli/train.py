@@ -1,0 +1,117 @@
+"""``cpt train``, ``cpt export`` and ``cpt generate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import ConfigError, CptError
+
+
+def overrides_from_flags(**flags: Any) -> dict:
+    """Map CLI flag values to dotted config keys (``None`` = not given)."""
+    mapping = {
+        "model": "model.path", "eval_data": "data.eval", "out": "training.out_dir",
+        "strategy": "strategy.name", "noise": "noise.name", "max_steps": "training.max_steps",
+        "save_every": "checkpointing.save_every", "eval_every": "training.eval_every",
+        "micro_batch_size": "training.micro_batch_size", "accumulation_steps": "training.accumulation_steps",
+        "lr": "optimizer.lr", "seed": "training.seed", "resume": "checkpointing.resume",
+        "data": "data.train", "freeze": "training.freeze",
+    }
+    out = {}
+    for flag, key in mapping.items():
+        value = flags.get(flag)
+        if value is None or value == []:
+            continue
+        if flag == "eval_data" and isinstance(value, str):
+            value = [value]
+        out[key] = value
+    return out
+
+
+def register(app: typer.Typer, pm: Any) -> None:
+    @app.command("train")
+    def train_command(
+        config: Optional[Path] = typer.Option(None, "--config", help="Run config YAML."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: section.key=value (repeatable)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Hugging Face folder or .gguf file."),
+        data: Optional[List[str]] = typer.Option(None, "--data", help="Prepared folder PATH[:WEIGHT] (repeatable)."),
+        eval_data: Optional[List[str]] = typer.Option(None, "--eval-data", help="Prepared held-out folder (repeatable)."),
+        out: Optional[str] = typer.Option(None, "--out", help="Output folder (OUT)."),
+        strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy name (cpt strategies)."),
+        noise: Optional[str] = typer.Option(None, "--noise", help="Embedding noise name (cpt noise), e.g. neftune."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
+        save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0: at the end only)."),
+        eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: at the end only)."),
+        micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Rows per rank per forward."),
+        accumulation_steps: Optional[int] = typer.Option(None, "--accumulation-steps", help="Micro-batches per optimizer step."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+        resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest checkpoint in OUT) or a checkpoint folder."),
+        freeze: Optional[str] = typer.Option(None, "--freeze", help="none | non-embeddings."),
+        nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="Start torchrun with N processes."),
+        nnodes: int = typer.Option(1, "--nnodes", help="Nodes (with --nproc-per-node)."),
+        node_rank: int = typer.Option(0, "--node-rank", help="This node's rank (with --nproc-per-node)."),
+        master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of node 0."),
+        master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port on node 0."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print layout, parameter counts and memory estimate; do not train."),
+    ) -> None:
+        """Train (continual pretraining or SFT) on prepared data; export to OUT/final."""
+        from ..config import load_config
+        from ..train.launch import exec_torchrun, in_launched_process, torchrun_argv
+
+        overrides = overrides_from_flags(
+            model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
+            max_steps=max_steps, save_every=save_every, eval_every=eval_every,
+            micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, lr=lr, seed=seed,
+            resume=resume, freeze=freeze,
+        )
+        cfg = load_config(config, overrides=overrides, sets=set_ or [])
+        if dry_run:
+            raise ConfigError("--dry-run is not available yet")
+        if nproc_per_node is not None and not in_launched_process():
+            from ..train.loop import precheck
+
+            precheck(cfg, pm)  # fail fast, before starting processes
+            argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("cpt", "main.py") else None
+            if argv is None:
+                raise ConfigError("--nproc-per-node needs to be run from the 'cpt' command line")
+            cmd = torchrun_argv(argv, nproc_per_node, nnodes, node_rank, master_addr, master_port)
+            code = exec_torchrun(cmd)
+            if code:
+                raise typer.Exit(code)
+            return
+        from ..train.loop import train
+
+        summary = train(cfg, pm)
+        typer.echo(f"trained {summary['steps']} steps; final loss {summary['final_loss']}; exported to {summary['final_dir']}")
+
+    @app.command("export")
+    def export_command(
+        checkpoint: Path = typer.Argument(..., help="A checkpoint folder OUT/checkpoints/step-N."),
+        out: Path = typer.Option(..., "--out", help="Folder to write the Hugging Face model to (must be empty or new)."),
+        merge_lora: bool = typer.Option(False, "--merge-lora", help="Merge LoRA adapters into the base weights."),
+    ) -> None:
+        """Export any checkpoint as a Hugging Face folder (LoRA: adapter, or merged)."""
+        from ..train.export_cli import export_checkpoint
+
+        path = export_checkpoint(pm, checkpoint, out, merge_lora=merge_lora)
+        typer.echo(f"exported {checkpoint} -> {path}")
+
+    @app.command("generate")
+    def generate_command(
+        model: str = typer.Argument(..., help="Hugging Face folder (e.g. OUT/final) or .gguf file."),
+        prompt: List[str] = typer.Option(..., "--prompt", help="Prompt text (repeatable)."),
+        max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Tokens to generate."),
+        temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
+        top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    ) -> None:
+        """Generate a continuation of each prompt, for a smoke look at a model."""
+        from ..train.export_cli import generate
+
+        for text in generate(model, prompt, max_new_tokens, temperature, top_p, seed):
+            typer.echo(text)

@@ -1,0 +1,141 @@
+"""Load the model to train: a Hugging Face folder or a GGUF file.
+
+Used by the built-in ``cpt_build_model`` provider (``cptcore/builtin_plugins/hf_model.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, CptError
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_model_path(path: str) -> Path:
+    """Cheap existence check before any heavy import.
+
+    Raises:
+        ConfigError: empty path, missing path, a folder without ``config.json``, or a
+            file that is not ``.gguf``.
+    """
+    if not path:
+        raise ConfigError("model.path is not set (use --model PATH or model.path in the config)")
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"model not found: {p}")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise ConfigError(f"model folder {p} has no config.json (not a Hugging Face folder)")
+    if p.is_file() and p.suffix != ".gguf":
+        raise ConfigError(f"model file {p} is not a .gguf file (give a Hugging Face folder or a GGUF file)")
+    return p
+
+
+def resolve_hf_folder(path: str) -> Path:
+    """An HF folder for ``path``: itself, or for a ``.gguf`` file a clean folder imported
+    once with :func:`cptcore.model.gguf.import_gguf` into the cache
+    (``$CPT_CACHE_DIR/gguf/<sha of path, size, mtime>``)."""
+    p = check_model_path(path)
+    if p.is_dir():
+        return p
+    from ..assets import cache_dir
+    from .gguf import import_gguf
+
+    st = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir() / "gguf" / key
+    if not (out / "config.json").is_file() or not (out / "tokenizer.json").is_file():
+        print(f"cptcore: importing {p.name} into {out} (once)", file=sys.stderr)
+        import_gguf(p, out, overwrite=True)
+    return out
+
+
+def choose_attention(requested: str) -> tuple[str, str]:
+    """Pick the attention implementation.
+
+    ``auto``: ``flash_attention_2`` when the ``flash_attn`` package imports and CUDA is
+    available (variable-length kernels keep packed documents apart from ``position_ids``),
+    else ``sdpa`` (with the block-diagonal 4-D mask built by the loader).
+
+    Returns:
+        ``(implementation, one-line reason)``.
+
+    Raises:
+        ConfigError: ``flash_attention_2`` requested without flash-attn or CUDA; unknown name.
+    """
+    import importlib.util
+
+    import torch
+
+    have_fa = importlib.util.find_spec("flash_attn") is not None
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if have_fa and cuda:
+            return "flash_attention_2", "flash-attn is installed and CUDA is available (varlen kernels from position_ids)"
+        why = "flash-attn is not installed" if not have_fa else "CUDA is not available"
+        return "sdpa", f"{why}; packed documents are separated by a block-diagonal mask"
+    if requested == "flash_attention_2" and not (have_fa and cuda):
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package and CUDA")
+    if requested not in ("sdpa", "eager", "flash_attention_2"):
+        raise ConfigError(f"model.attn_implementation: unknown '{requested}' (auto, sdpa, eager, flash_attention_2)")
+    return requested, "as configured"
+
+
+def load_model(model_cfg: Any, log: Any = print) -> Any:
+    """Load the causal LM described by ``model_cfg`` (:class:`cptcore.config.ModelConfig`).
+
+    Weights in ``model_cfg.dtype``; attention from :func:`choose_attention` (one line
+    logged through ``log``); ``trust_remote_code`` only when set. Gradient checkpointing
+    is enabled here (non-reentrant) when asked; it is active only in train mode, which
+    the loop sets before every training forward.
+
+    Returns:
+        ``transformers.PreTrainedModel`` with ``model.cpt_attn_implementation`` set.
+
+    Raises:
+        ConfigError: bad path or dtype.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if model_cfg.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype: unknown '{model_cfg.dtype}' (fp32, bf16, fp16)")
+    folder = resolve_hf_folder(model_cfg.path)
+    impl, why = choose_attention(model_cfg.attn_implementation)
+    log(f"attention: {impl} ({why})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            torch_dtype=getattr(torch, DTYPES[model_cfg.dtype]),
+            attn_implementation=impl,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ConfigError(f"{folder} needs custom code; set model.trust_remote_code=true if you trust it") from exc
+        raise
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.cpt_attn_implementation = impl
+    model.cpt_source_folder = str(folder)
+    return model
+
+
+def load_tokenizer(model_cfg: Any) -> Any:
+    """The tokenizer of ``model_cfg.tokenizer`` or else of the model folder (GGUF: the
+    imported folder).
+
+    Raises:
+        CptError: no tokenizer found there.
+    """
+    from transformers import AutoTokenizer
+
+    where = model_cfg.tokenizer or str(resolve_hf_folder(model_cfg.path))
+    try:
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise CptError(f"cannot load a tokenizer from {where}: {str(exc).splitlines()[0]}") from exc

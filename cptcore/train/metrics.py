@@ -1,0 +1,75 @@
+"""Metric helpers: peak memory, rank-0 loggers and the rich progress bar."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def peak_memory_mb(device: Any = None) -> float:
+    """Peak memory in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else the
+    process's peak resident set size (``ru_maxrss``, KiB on Linux)."""
+    import torch
+
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_loggers(pm: Any, names: Sequence[str], log_dir: Path, config: Any) -> list:
+    """Create the named loggers (registry ``loggers``). Call on rank 0 only.
+
+    Raises:
+        RegistryError: unknown logger name (did-you-mean).
+    """
+    registry = pm.registry("loggers")
+    specs = [registry.get(n) for n in names]  # validate every name first
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return [spec.create(log_dir, config) for spec in specs]
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop lines of ``metrics.jsonl`` with ``step > last_step`` (what a killed run logged
+    after the checkpoint it is resumed from), so the file reads as one run."""
+    import json
+
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= last_step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue
+    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+
+class Progress:
+    """A rich progress bar with ETA over optimizer steps (rank 0, when enabled)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self._p = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._p = RichProgress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(file=sys.stderr), transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, info: str) -> None:
+        if self._p is not None:
+            self._p.update(self._task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

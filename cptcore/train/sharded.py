@@ -1,0 +1,166 @@
+"""Strategy subclasses for ColossalAI plugins that own clipping and shard state.
+
+:class:`ShardedStrategy` serves ``zero1``/``zero2``, ``gemini``, ``hybrid3d`` and ``fsdp``:
+
+* clipping happens inside the plugin's optimizer (``max_norm`` passed to the plugin,
+  because ZeRO/Gemini gradients do not live in ``param.grad`` and TP norms need a
+  cross-rank reduction); :meth:`clip_and_step` steps and reports the pre-clip global
+  norm from ``optimizer.get_grad_norm()``;
+* :meth:`unwrap` gathers full weights into a fresh Hugging Face module on every rank
+  (through the plugin's own unsharded checkpoint writer, so HF parameter names and
+  vocabulary un-padding are upstream's) when the boosted module does not already hold
+  them.
+
+:class:`PipelineStrategy` adds pipeline parallelism through
+``booster.execute_pipeline`` (1F1B), keeping the loop's token-weighted loss contract.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from .strategy import Strategy, token_loss_sum
+
+#: plugins clip with this max_norm when the user disables clipping (0): large enough
+#: never to clip, non-zero so that HybridParallel/Gemini still measure the norm.
+NO_CLIP = 1e30
+
+
+def plugin_max_norm(grad_clip: float) -> float:
+    """``max_norm`` for a ColossalAI plugin from ``optimizer.grad_clip`` (0 = off)."""
+    return grad_clip if grad_clip and grad_clip > 0 else NO_CLIP
+
+
+class ShardedStrategy(Strategy):
+    """A :class:`Strategy` whose plugin clips gradients and may shard parameters.
+
+    Args (besides :class:`Strategy`'s):
+        full_params_local: True when every rank's boosted module holds the complete,
+            unsharded parameters (ZeRO-1/2), so :meth:`unwrap` needs no gathering.
+        gather_dir: folder for the temporary unsharded copy :meth:`unwrap` writes
+            (must be visible to every rank; default ``OUT/.gather``).
+    """
+
+    def __init__(self, plugin: Any, *, full_params_local: bool = False, gather_dir: str | Path = ".gather",
+                 **kwargs: Any) -> None:
+        super().__init__(plugin, plugin_controls_precision=True, **kwargs)
+        self.full_params_local = full_params_local
+        self.gather_dir = Path(gather_dir)
+
+    def clip_and_step(self, optimizer: Any, max_norm: float) -> float:
+        """Step (the plugin unscales and clips to the ``max_norm`` it was built with);
+        return the pre-clip global gradient L2 norm, or NaN if the plugin kept none."""
+        optimizer.step()
+        norm = optimizer.get_grad_norm() if hasattr(optimizer, "get_grad_norm") else None
+        if norm is None:
+            return math.nan
+        return float(norm)
+
+    def unwrap(self, model: Any) -> Any:
+        """The trained model as a plain HF module with full weights, on every rank.
+
+        ZeRO-1/2 keep full working parameters on each rank: the boosted module's inner
+        module is returned. Otherwise (Gemini chunks, TP/PP shards, FSDP flat params)
+        the plugin writes an unsharded checkpoint to :attr:`gather_dir`, and a new
+        ``AutoModelForCausalLM.from_config`` module loads it (fp32, CPU). Every rank
+        must call this.
+        """
+        inner = super().unwrap(model)
+        if self.full_params_local:
+            return inner
+        import torch.distributed as dist
+        from transformers import AutoModelForCausalLM
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        folder = self.gather_dir
+        self.booster.save_model(model, str(folder), shard=True)
+        if dist.is_initialized():
+            dist.barrier()
+        config = getattr(inner, "config", None)
+        if config is None:
+            raise RuntimeError(f"{self.name}: cannot gather a model without a Hugging Face config")
+        fresh = AutoModelForCausalLM.from_config(config)
+        load_sharded_checkpoint(fresh, str(folder), strict=False)
+        fresh.tie_weights()
+        if dist.is_initialized():
+            dist.barrier()
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+        return fresh
+
+
+class PipelineStrategy(ShardedStrategy):
+    """Pipeline parallel (HybridParallelPlugin ``pp_size > 1``) through
+    ``booster.execute_pipeline``.
+
+    Each training micro-batch ``[micro_batch_size, seq]`` is cut by the 1F1B schedule
+    into ``num_microbatches`` pipeline micro-batches. The schedule divides each
+    criterion value by ``num_microbatches`` (``pipeline/schedule/one_f_one_b.py:272``);
+    our criterion multiplies it back, so the backward is exactly
+    ``loss_sum * normaliser`` as for every other strategy. Gradients accumulate across
+    calls until :meth:`clip_and_step`, so the loop's gradient accumulation holds, and
+    the loop steps the LR scheduler as for any strategy.
+
+    Args (besides :class:`ShardedStrategy`'s):
+        num_microbatches: pipeline micro-batches per training micro-batch.
+        pp_group: the pipeline process group (the loss lives on the last stage and is
+            summed over this group so every stage reports it).
+    """
+
+    def __init__(self, plugin: Any, *, num_microbatches: int, pp_group: Any, **kwargs: Any) -> None:
+        super().__init__(plugin, **kwargs)
+        self.num_microbatches = num_microbatches
+        self.pp_group = pp_group
+
+    def _share_from_last_stage(self, value: Any) -> Any:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, group=self.pp_group)
+        return value
+
+    def forward_backward(self, model: Any, optimizer: Any, batch: Mapping[str, Any], normaliser: float,
+                         sync: bool = True) -> Any:
+        """One training micro-batch through the pipeline: forward and backward of every
+        pipeline micro-batch. Returns this micro-batch's summed token loss (0-dim fp32,
+        the same value on every stage)."""
+        import torch
+
+        scale = normaliser * self.num_microbatches
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask", "labels")}
+
+        def criterion(outputs: Any, micro: Mapping[str, Any]) -> Any:
+            return token_loss_sum(outputs.logits, micro["labels"]) * scale
+
+        out = self.booster.execute_pipeline(iter([inputs]), model, criterion, optimizer,
+                                            return_loss=True, return_outputs=False)
+        loss = out.get("loss")
+        if loss is not None and normaliser:
+            total = (loss.detach().float() / normaliser).reshape(())
+        else:
+            total = torch.zeros((), dtype=torch.float32, device=self.device)
+        return self._share_from_last_stage(total)
+
+    def forward(self, model: Any, batch: Mapping[str, Any]) -> Any:
+        """Forward only (evaluation): logits ``[batch, seq, vocab]`` of the last stage,
+        broadcast to every stage so the loop's loss code runs unchanged."""
+        import torch
+        import torch.distributed as dist
+
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask")}
+        out = self.booster.execute_pipeline(iter([inputs]), model, lambda o, m: o.logits.new_zeros(()), None,
+                                            return_loss=False, return_outputs=True)
+        stage = self.plugin.stage_manager
+        last = dist.get_global_rank(self.pp_group, stage.num_stages - 1)
+        shape = torch.zeros(3, dtype=torch.int64, device=self.device)
+        logits = None
+        if stage.is_last_stage():
+            logits = out["outputs"].logits.float().contiguous()
+            shape.copy_(torch.tensor(logits.shape))
+        dist.broadcast(shape, src=last, group=self.pp_group)
+        if logits is None:
+            logits = torch.empty(*shape.tolist(), dtype=torch.float32, device=self.device)
+        dist.broadcast(logits, src=last, group=self.pp_group)
+        return logits
