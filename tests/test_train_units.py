@@ -1,0 +1,324 @@
+"""Fast unit tests of the training engine pieces (no process group)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cptcore.errors import ConfigError, CptError
+from cptcore.train import data as tdata
+from cptcore.train.optim import lr_lambda, param_groups
+
+
+# ------------------------------------------------------------------ optimizer and schedule
+def test_param_groups_no_decay_on_norms_and_biases():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4, bias=True)
+            self.norm = torch.nn.LayerNorm(4)
+            self.frozen = torch.nn.Linear(4, 4)
+            self.frozen.requires_grad_(False)
+
+    groups = param_groups(M(), 0.1)
+    assert groups[0]["weight_decay"] == 0.1 and groups[0]["names"] == ["lin.weight"]
+    assert groups[1]["weight_decay"] == 0.0
+    assert groups[1]["names"] == ["lin.bias", "norm.weight", "norm.bias"]
+
+
+def test_param_groups_nothing_trainable():
+    m = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        param_groups(m, 0.1)
+
+
+def test_cosine_schedule_with_warmup_to_min():
+    f = lr_lambda("cosine", warmup_steps=2, max_steps=10, min_lr_ratio=0.1)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0)
+    assert f(6) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(10) == pytest.approx(0.1)
+    assert f(50) == pytest.approx(0.1)
+    assert lr_lambda("constant", 0, 5, 0.1)(3) == 1.0
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        lr_lambda("cosine", 20, 10, 0.1)
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        lr_lambda("linear", 0, 10, 0.1)
+
+
+# ------------------------------------------------------------------ masks and padding
+def test_block_causal_mask_exact():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    m = tdata.block_causal_mask(pos, torch.float32)
+    allowed = (m[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],
+    ]
+    assert m.shape == (1, 1, 6, 6) and m.min().item() == torch.finfo(torch.float32).min
+
+
+def test_real_length_excludes_trailing_pad_span_only():
+    ids = np.array([5, 6, 7, 9, 9, 9])
+    lab = np.array([5, 6, 7, -100, -100, -100])
+    pos = np.array([0, 1, 2, 0, 1, 2])
+    assert tdata.real_length(ids, lab, pos, pad_id=9) == 3
+    # a real final document made of other ids is counted
+    assert tdata.real_length(np.array([5, 6, 7, 8]), np.array([5, 6, 7, 8]), np.array([0, 1, 0, 1]), 9) == 4
+
+
+def test_collate_pads_and_separates():
+    rows = [
+        {"input_ids": np.array([1, 2, 3]), "labels": np.array([1, 2, 3]), "position_ids": np.array([0, 1, 0])},
+        {"input_ids": np.array([4]), "labels": np.array([-100]), "position_ids": np.array([0])},
+    ]
+    b = tdata.collate(rows, pad_id=0, block_mask=True)
+    assert b["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert b["labels"].tolist() == [[1, 2, 3], [-100, -100, -100]]
+    assert b["position_ids"].tolist() == [[0, 1, 0], [0, 0, 0]]
+    assert b["lengths"].tolist() == [3, 1]
+    allowed = (b["attention_mask"][1, 0] == 0).int().tolist()
+    assert allowed == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_packed_row_logits_equal_separate_documents(tmp_path, smollm2_tokenizer_dir):
+    """Documents packed in one row with restarting position_ids and the block mask give
+    the same logits as each document alone (no cross-document attention)."""
+    from transformers import AutoModelForCausalLM
+
+    from cptcore.testing import make_tiny_llama
+
+    make_tiny_llama(tmp_path, vocab_size=50)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    a, b = torch.tensor([[3, 4, 5, 6]]), torch.tensor([[7, 8, 9]])
+    packed = torch.cat([a, b], 1)
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    mask = tdata.block_causal_mask(pos, torch.float32)
+    with torch.no_grad():
+        joint = model(input_ids=packed, position_ids=pos, attention_mask=mask).logits
+        la = model(input_ids=a).logits
+        lb = model(input_ids=b).logits
+        leaky = model(input_ids=packed, position_ids=pos).logits
+    torch.testing.assert_close(joint[:, :4], la, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(joint[:, 4:], lb, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(leaky[:, 4:], lb, atol=1e-3)  # without the mask documents leak
+
+
+# ------------------------------------------------------------------ sampler
+class _FakeDs(list):
+    pass
+
+
+def _mixed(lengths, weights):
+    return tdata.MixedDataset([_FakeDs(range(n)) for n in lengths], weights)
+
+
+def test_sampler_ranks_disjoint_and_complete():
+    data = _mixed([10], [1.0])
+    seen = []
+    for rank in range(2):
+        s = tdata.MixedSampler(data, 2, dp_size=2, dp_rank=rank, seed=3)
+        assert s.batches_per_epoch() == 2
+        for _ in range(2):
+            seen += [r for _, r in s.next_batch()[0]]
+    assert len(seen) == 8 and len(set(seen)) == 8
+
+
+def test_sampler_mixing_weights():
+    data = _mixed([100, 100], [3.0, 1.0])
+    plan = tdata.MixedSampler(data, 1, 1, 0, seed=0).plan(0)
+    counts = np.bincount(plan[:, 0])
+    assert counts.tolist() == [150, 50]
+    per_row = np.bincount(plan[plan[:, 0] == 0][:, 1], minlength=100)
+    assert per_row.min() == 1 and per_row.max() == 2  # a full pass before any repeat
+    assert len(set(plan[plan[:, 0] == 1][:, 1].tolist())) == 50  # down-sampled without repeats
+
+
+def test_sampler_resume_skips_exactly_and_only_once():
+    """Fault of the anchors: resume skipping the wrong number of batches, or the skip
+    repeated in later epochs."""
+    data = _mixed([7], [1.0])
+    ref = tdata.MixedSampler(data, 2, 1, 0, seed=1)
+    full = [ref.next_batch() for _ in range(10)]  # 3 per epoch -> spans 4 epochs
+    a = tdata.MixedSampler(data, 2, 1, 0, seed=1)
+    for _ in range(4):
+        a.next_batch()
+    state = a.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 1
+    b = tdata.MixedSampler(data, 2, 1, 0, seed=1)
+    b.load_state_dict(state)
+    rest = [b.next_batch() for _ in range(6)]
+    assert rest == full[4:]
+    assert [last for _, last in full] == [False, False, True] * 3 + [False]
+
+
+def test_sampler_refuses_other_layout():
+    s = tdata.MixedSampler(_mixed([7], [1.0]), 2, 1, 0, seed=1)
+    with pytest.raises(ConfigError, match="dp_size=2"):
+        s.load_state_dict({"epoch": 0, "position": 1, "dp_size": 2, "micro_batch_size": 2, "seed": 1})
+
+
+def test_parse_source():
+    assert tdata.parse_source("a/b:0.5") == tdata.Source(__import__("pathlib").Path("a/b"), 0.5)
+    assert tdata.parse_source("c:/x").weight == 1.0
+    with pytest.raises(ConfigError):
+        tdata.parse_source("a:0")
+
+
+# ------------------------------------------------------------------ loss
+def test_token_loss_sum_matches_hf_mean_times_count():
+    from cptcore.train.strategy import count_label_tokens, token_loss_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[1, 2, -100, 4, 5], [-100, -100, 3, 3, -100]])
+    n = count_label_tokens(labels)
+    assert n == 5
+    mean = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(token_loss_sum(logits, labels) / n, mean)
+
+
+# ------------------------------------------------------------------ NEFTune
+def _tiny_hf(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from cptcore.testing import make_tiny_llama
+
+    make_tiny_llama(tmp_path, vocab_size=50, hidden_size=64)
+    return AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_neftune_magnitude_uses_real_length_not_padded(tmp_path):
+    """Fault of the anchors: NEFTune scaled by the padded length."""
+    from cptcore.builtin_plugins.noise_neftune import NEFTuneOptions, attach_neftune
+
+    model = _tiny_hf(tmp_path).train()
+    emb = model.get_input_embeddings()
+    ids = torch.randint(0, 50, (2, 400))
+    with torch.no_grad():
+        clean = emb(ids)
+    handle = attach_neftune(model, NEFTuneOptions(alpha=8.0))
+    model.cpt_real_lengths = torch.tensor([400, 16])  # row 1: 16 real tokens, rest padding
+    torch.manual_seed(0)
+    with torch.no_grad():
+        noisy = emb(ids)
+    diff = (noisy - clean).abs()
+    d = 64
+    bound = [8.0 / math.sqrt(400 * d), 8.0 / math.sqrt(16 * d)]
+    for i in range(2):
+        assert diff[i].max().item() <= bound[i] * (1 + 1e-5)
+        assert diff[i].max().item() > 0.95 * bound[i]  # uniform over 25,600 draws reaches the edge
+    handle.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(emb(ids), clean, rtol=0, atol=0)
+
+
+def test_neftune_inactive_in_eval(tmp_path):
+    """Fault of the anchors: NEFTune active in evaluation."""
+    from cptcore.builtin_plugins.noise_neftune import attach_neftune
+
+    model = _tiny_hf(tmp_path)
+    ids = torch.randint(0, 50, (1, 8))
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        attach_neftune(model, None)
+        after = model(input_ids=ids).logits
+        model.train()
+        noisy = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert not torch.equal(noisy, before)
+
+
+def test_neftune_detached_while_saving(tmp_path, cpt_pm):
+    """Fault of the anchors: noise left attached while saving. The plugin's cpt_save
+    wrapper detaches the hook during the save and re-attaches it after."""
+    from cptcore.builtin_plugins.noise_neftune import attach_neftune
+    from cptcore.config import RunConfig
+    from cptcore.hookspecs import hookimpl
+    from cptcore.registries import call_provider
+
+    model = _tiny_hf(tmp_path / "m").train()
+    seen = {}
+
+    class Probe:
+        @hookimpl(tryfirst=True)
+        def cpt_save(self, model, out_dir, config, tokenizer):
+            seen["hooks"] = len(model.get_input_embeddings()._forward_hooks)
+            ids = torch.arange(8)[None]
+            with torch.no_grad():
+                seen["same"] = torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+            return None
+
+    cpt_pm.register(Probe(), name="probe")
+    handle = attach_neftune(model, None)
+    assert len(model.get_input_embeddings()._forward_hooks) == 1
+    call_provider(cpt_pm, "cpt_save", model=model, out_dir=tmp_path / "out", config=RunConfig(), tokenizer=None)
+    assert seen == {"hooks": 0, "same": True}
+    assert handle.attached and len(model.get_input_embeddings()._forward_hooks) == 1
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.arange(8)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_neftune_options_validated(cpt_pm):
+    from cptcore.config import parse_options
+
+    spec = cpt_pm.registry("noise").get("neftune")
+    assert parse_options(spec.options, {"alpha": 10}, owner="noise").alpha == 10.0
+    with pytest.raises(ConfigError, match="did you mean 'alpha'"):
+        parse_options(spec.options, {"alpah": 1}, owner="noise")
+
+
+# ------------------------------------------------------------------ launch and checkpoints
+def test_torchrun_argv_strips_launcher_flags():
+    from cptcore.train.launch import torchrun_argv
+
+    cmd = torchrun_argv(["train", "--config", "r.yaml", "--nproc-per-node", "2", "--nnodes=1", "--max-steps", "3"],
+                        2, master_port=1234)
+    assert cmd[-6:] == ["cptcore.cli.main", "train", "--config", "r.yaml", "--max-steps", "3"]
+    assert "--nproc-per-node=2" in cmd and "--master-port=1234" in cmd
+    with pytest.raises(ConfigError, match="--master-addr"):
+        torchrun_argv(["train"], 2, nnodes=2, node_rank=1)
+
+
+def test_fingerprint_changes_with_plugins(cpt_pm):
+    from cptcore.plugins import make_plugin_manager
+    from cptcore.train.launch import plugin_fingerprint
+
+    class Extra:
+        pass
+
+    a = plugin_fingerprint(cpt_pm)
+    assert a == plugin_fingerprint(make_plugin_manager(entrypoints=False))
+    assert a != plugin_fingerprint(make_plugin_manager(entrypoints=False, extra=[Extra()]))
+
+
+def test_validate_checkpoint_partial_and_corrupt(tmp_path):
+    from cptcore.train.checkpoint import list_checkpoints, resolve_resume, validate_checkpoint
+
+    ck = tmp_path / "checkpoints"
+    (ck / "step-4.tmp" / "model").mkdir(parents=True)  # interrupted save
+    assert list_checkpoints(tmp_path) == [] and resolve_resume("auto", tmp_path) is None
+    with pytest.raises(CptError, match="incomplete checkpoint .no trainer_state.json"):
+        validate_checkpoint(ck / "step-4.tmp")
+    with pytest.raises(CptError, match="checkpoint not found"):
+        validate_checkpoint(ck / "step-9")
+    bad = ck / "step-2"
+    bad.mkdir()
+    (bad / "trainer_state.json").write_text("{not json")
+    with pytest.raises(CptError, match="corrupt trainer state"):
+        validate_checkpoint(bad)
+    (bad / "trainer_state.json").write_text('{"step": 2, "world_size": 1}')
+    with pytest.raises(CptError, match="missing model"):
+        validate_checkpoint(bad)
