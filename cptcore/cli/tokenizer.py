@@ -1,0 +1,78 @@
+"""``cpt tokenizer train`` and ``cpt tokenizer expand`` (see docs/tokenizer.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train_command(
+    inputs: list[Path] = typer.Option(..., "--input", help="Training text: .jsonl (a text field) or plain text; repeatable."),
+    vocab_size: int = typer.Option(..., "--vocab-size", help="Pieces in the model (meta pieces included)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: tokenizer.model and train_report.json."),
+    model_type: str = typer.Option("bpe", "--model-type", help="bpe (mergeable into LLaMA/Mistral), unigram, char or word."),
+    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece."),
+    byte_fallback: bool = typer.Option(False, "--byte-fallback/--no-byte-fallback", help="Encode unknown characters as <0x..> bytes."),
+    max_sentence_length: int = typer.Option(16384, "--max-sentence-length", help="Longest line used, in bytes (longer ones are counted and skipped)."),
+    input_sentence_size: int = typer.Option(
+        2_000_000, "--input-sentence-size", help="Lines sampled from the corpus for training (0 = all)."
+    ),
+    shuffle: bool = typer.Option(True, "--shuffle/--no-shuffle", help="Reservoir-sample lines (else take the first ones)."),
+    split_digits: bool = typer.Option(True, "--split-digits/--no-split-digits", help="Every digit is its own piece."),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL field holding the text."),
+    seed: int = typer.Option(0, "--seed", help="Seed of SentencePiece's sampler."),
+    threads: int = typer.Option(2, "--threads", help="Trainer threads."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+) -> None:
+    """Train a SentencePiece model on domain text (streamed; large corpora are sampled)."""
+    from rich.console import Console
+
+    from ..tokenizer.train import TrainOptions, train_sentencepiece
+
+    opts = TrainOptions(
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        max_sentence_length=max_sentence_length,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=shuffle,
+        split_digits=split_digits,
+        seed=seed,
+        num_threads=threads,
+        text_field=text_field,
+    )
+    model, stats = train_sentencepiece(inputs, out, opts, overwrite=overwrite)
+    Console().print(
+        f"trained {model} ({vocab_size} pieces, {model_type}) on {stats.sentences} lines"
+        f" ({stats.skipped_too_long} skipped as too long) in {stats.seconds:.1f} s"
+    )
+
+
+def expand_command(
+    base: Path = typer.Option(..., "--base", help="Base tokenizer: a Hugging Face folder or a SentencePiece .model file."),
+    add: Path = typer.Option(..., "--add", help='Pieces to add: a SentencePiece .model, a JSONL of {"piece": ...}, or one token per line.'),
+    out: Path = typer.Option(..., "--out", help="Output folder (a complete Hugging Face tokenizer folder)."),
+    method: str = typer.Option("auto", "--method", help="auto, sentencepiece (ModelProto merge) or bpe (byte-level vocab + merges)."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Cap the final vocabulary at this size."),
+    eval_text: Optional[Path] = typer.Option(None, "--eval-text", help="Held-out text (.jsonl or plain) for tokens/char before and after."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+) -> None:
+    """Add pieces to a tokenizer, keeping every original id; write the folder and a report."""
+    from ..tokenizer.expand import REPORT_NAME, expand_tokenizer
+    from ..tokenizer.report import print_report
+
+    report = expand_tokenizer(
+        base, add, out, method=method, target_vocab=vocab_size, eval_text=eval_text, overwrite=overwrite
+    )
+    print_report(report)
+    typer.echo(f"wrote {out} (report: {out / REPORT_NAME})")
+
+
+def make_tokenizer_app() -> typer.Typer:
+    app = typer.Typer(help="Train SentencePiece models and expand tokenizer vocabularies.", no_args_is_help=True)
+    app.command("train")(train_command)
+    app.command("expand")(expand_command)
+    return app

@@ -1,0 +1,169 @@
+"""Train a SentencePiece model on domain text (``cpt tokenizer train``).
+
+Input files are streamed line by line into ``SentencePieceTrainer`` through its
+``sentence_iterator``; a corpus larger than ``input_sentence_size`` sentences is sampled
+by SentencePiece itself (reservoir sampling when ``shuffle_input_sentence`` is on, the
+first N sentences otherwise), so memory is bounded by the sample, not the corpus.
+
+A "sentence" is one non-empty line of a document: a line of a ``.txt`` file, or a line of
+the ``text`` field of a ``.jsonl`` record. Lines longer than ``max_sentence_length`` bytes
+are not passed to the trainer (SentencePiece would skip them too) and are counted in
+the returned stats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import CptError, DataError
+from ..model.outdir import prepare_out_dir
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """SentencePiece trainer options (names follow ``spm_train`` flags).
+
+    ``vocab_size``: pieces in the model, meta pieces included. ``model_type``: ``bpe``
+    (mergeable into LLaMA-style BPE models) or ``unigram``/``char``/``word``.
+    ``character_coverage``: fraction of characters covered by single-character pieces
+    (0.9995 is the SentencePiece recommendation for CJK). ``byte_fallback``: unknown
+    characters become ``<0x..>`` byte pieces. ``max_sentence_length``: bytes.
+    ``input_sentence_size``: sentences sampled for training (0 = all).
+    """
+
+    vocab_size: int = 8000
+    model_type: str = "bpe"
+    character_coverage: float = 0.9995
+    byte_fallback: bool = False
+    max_sentence_length: int = 16384
+    input_sentence_size: int = 2_000_000
+    shuffle_input_sentence: bool = True
+    split_digits: bool = True
+    seed: int = 0
+    num_threads: int = 2
+    text_field: str = "text"
+
+
+@dataclass
+class TrainStats:
+    files: list[str] = field(default_factory=list)
+    sentences: int = 0
+    skipped_too_long: int = 0
+    seconds: float = 0.0
+
+
+MODEL_TYPES = ("bpe", "unigram", "char", "word")
+
+
+def iter_sentences(paths: list[Path], text_field: str, max_bytes: int, stats: TrainStats) -> Iterator[str]:
+    """Yield the non-empty lines of every document, counting them in ``stats``.
+
+    Raises:
+        DataError: a file is missing, not UTF-8, or a JSONL line is not an object with a
+            string ``text_field`` (``path:line: problem``).
+    """
+    for path in paths:
+        if not path.is_file():
+            raise DataError("input file not found", path=str(path))
+        jsonl = path.suffix == ".jsonl"
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"not UTF-8 text (byte {exc.start})", path=str(path), line=number) from None
+                if jsonl:
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"invalid JSON ({exc.msg})", path=str(path), line=number) from None
+                    text = obj.get(text_field) if isinstance(obj, dict) else None
+                    if not isinstance(text, str):
+                        raise DataError(f'expected an object with a string "{text_field}" field', path=str(path), line=number)
+                    pieces = text.split("\n")
+                else:
+                    pieces = [line.rstrip("\r\n")]
+                for sentence in pieces:
+                    if not sentence.strip():
+                        continue
+                    if len(sentence.encode("utf-8")) > max_bytes:
+                        stats.skipped_too_long += 1
+                        continue
+                    stats.sentences += 1
+                    yield sentence
+
+
+def _guarded(sentences: Iterator[str], failure: list[CptError]) -> Iterator[str]:
+    """Stop at the first bad line and keep its error: an exception raised inside
+    SentencePiece's C++ reader would come back as an opaque RuntimeError."""
+    try:
+        yield from sentences
+    except CptError as exc:
+        failure.append(exc)
+
+
+def train_sentencepiece(
+    inputs: list[str | Path], out_dir: str | Path, options: TrainOptions = TrainOptions(), overwrite: bool = False
+) -> tuple[Path, TrainStats]:
+    """Train a SentencePiece model and write ``out_dir/tokenizer.model`` plus
+    ``out_dir/train_report.json`` (options and counts).
+
+    Returns:
+        (path of ``tokenizer.model``, stats: sentences seen, lines skipped as too long,
+        training time in seconds).
+
+    Raises:
+        CptError: bad option (unknown model type, vocab size < 2), ``out_dir`` not empty
+            without ``overwrite``, or SentencePiece refusing the data (e.g. the vocab size
+            is larger than the text supports).
+        DataError: unreadable input (see :func:`iter_sentences`).
+    """
+    import sentencepiece as spm
+
+    if options.model_type not in MODEL_TYPES:
+        raise CptError(f"unknown model type {options.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
+    if options.vocab_size < 2:
+        raise CptError(f"vocab size must be at least 2, got {options.vocab_size}")
+    if not inputs:
+        raise CptError("no input files given")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.is_file():
+            raise DataError("input file not found", path=str(p))
+    out = prepare_out_dir(out_dir, overwrite)
+    stats = TrainStats(files=[str(p) for p in paths])
+    model_path = out / "tokenizer.model"
+    spm.set_random_generator_seed(options.seed)
+    failure: list[CptError] = []
+    t0 = time.perf_counter()
+    with open(model_path, "wb") as writer:
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_guarded(iter_sentences(paths, options.text_field, options.max_sentence_length, stats), failure),
+                model_writer=writer,
+                vocab_size=options.vocab_size,
+                model_type=options.model_type,
+                character_coverage=options.character_coverage,
+                byte_fallback=options.byte_fallback,
+                max_sentence_length=options.max_sentence_length,
+                input_sentence_size=options.input_sentence_size,
+                shuffle_input_sentence=options.shuffle_input_sentence,
+                split_digits=options.split_digits,
+                num_threads=options.num_threads,
+                minloglevel=2,
+            )
+        except RuntimeError as exc:
+            failure.append(CptError(f"SentencePiece training failed: {' '.join(str(exc).split())}"))
+    if failure:
+        model_path.unlink(missing_ok=True)
+        raise failure[0]
+    stats.seconds = time.perf_counter() - t0
+    report = {"options": asdict(options), "stats": asdict(stats), "model": str(model_path)}
+    (out / "train_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return model_path, stats
