@@ -19,6 +19,7 @@ from . import readers
 from .manifest import FORMAT_VERSION, tokenizer_vocab_hash, write_manifest
 from .mixing import Mixer
 from .packing import Doc, PassThrough, fit_long
+from .sft import POLICY_SKIPS
 from .stats import InputStats, Progress, RowStats, reason_key
 from .workers import ChunkStream, Executor, pretrain_chunk, sft_chunk
 
@@ -34,7 +35,7 @@ class PrepareArgs:
     inputs: tuple[str, ...]
     out: str
     max_length: int = 2048
-    packer: str | None = "splice"  # None: no packing (SFT default)
+    packer: str | None = "auto"  # "auto": splice for pretrain, none for SFT; None: no packing
     packer_options: dict = field(default_factory=dict)
     template: str = "chatml"
     template_options: dict = field(default_factory=dict)
@@ -111,8 +112,11 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     tok_path = str(args.tokenizer)
     tok = load_tokenizer(tok_path)
     sp = special_tokens(tok, args.add_bos, args.add_eos)
-    if args.packer:
-        pspec = pm.registry("packers").get(args.packer)
+    packer_name = args.packer
+    if packer_name == "auto":
+        packer_name = "splice" if args.kind == "pretrain" else None
+    if packer_name:
+        pspec = pm.registry("packers").get(packer_name)
         popts = parse_options(pspec.options, args.packer_options, owner=f"packer '{pspec.name}'", section="packer")
         packer = pspec.make(args.max_length, sp.pad_id, popts)
         splits = pspec.splits_documents
@@ -181,7 +185,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
             st.read += 1
             progress.advance(rec.nbytes, 0 if reason else len(ids))
             if reason:
-                if args.on_error == "stop":
+                if args.on_error == "stop" and reason not in POLICY_SKIPS:
                     hint = " (use --on-error skip to skip and count such records)"
                     raise DataError(reason + hint, path=rec.path, line=rec.line or None)
                 st.skipped[reason_key(reason)] += 1

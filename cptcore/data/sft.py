@@ -32,6 +32,10 @@ class SkipSample(Exception):
     """A conversation that cannot be used; ``str(exc)`` is the reason counted."""
 
 
+#: Reasons that are not bad input: always skipped and counted, whatever ``--on-error``.
+POLICY_SKIPS = frozenset({"no assistant turn", "longer than max_length", "no assistant tokens"})
+
+
 def normalise(obj: Any) -> list[dict[str, str]]:
     """``[{"role", "content"}]`` from any accepted row format.
 
