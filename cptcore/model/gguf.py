@@ -236,8 +236,10 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = Fa
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     path = Path(gguf_path)
-    meta = read_gguf_metadata(path)
+    if not path.is_file():
+        raise CptError(f"GGUF file not found: {path}")
     out = prepare_out_dir(out_dir, overwrite)
+    meta = read_gguf_metadata(path)
     tokenizer = build_tokenizer(path, meta)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
     cfg = model.config
