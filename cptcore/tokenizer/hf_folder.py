@@ -47,7 +47,22 @@ def write_sentencepiece_folder(model_bytes: bytes, base: Path, out: Path):
         stale.unlink()
     fast = AutoTokenizer.from_pretrained(out, use_fast=True)  # converts tokenizer.model -> fast
     fast.save_pretrained(out)
+    _drop_default_prefix_space(out / "tokenizer_config.json")
     return AutoTokenizer.from_pretrained(out, use_fast=True)
+
+
+def _drop_default_prefix_space(config_path: Path) -> None:
+    """Remove ``"add_prefix_space": true`` from a Llama tokenizer config.
+
+    ``LlamaTokenizerFast`` (transformers 4.51) re-converts ``tokenizer.model`` on *every*
+    load when the key is present (~1 s for 32k pieces), ignoring ``tokenizer.json``. True
+    is the slow tokenizer's default and the saved ``tokenizer.json`` already encodes it
+    (Prepend normalizer or Metaspace pre-tokenizer), so dropping it changes no ids.
+    """
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("add_prefix_space") is True:
+        del config["add_prefix_space"]
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_fast_folder(tokenizer_json: dict, base_dir: Path, out: Path):
