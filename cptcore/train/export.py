@@ -66,8 +66,12 @@ def load_checkpoint_weights(model: Any, ckpt_dir: Path) -> None:
     state: dict = {}
     for name in files:
         state.update(torch.load(folder / name, map_location="cpu", weights_only=True))
-    target = model
+    target = model.get_base_model() if is_peft(model) else model
     own = target.state_dict()
+    # ColossalAI's DDP checkpoint I/O saves a peft model as its base model's state dict
+    # with peft's "base_layer." infix removed (colossalai/interface/model.py PeftUnwrapMixin)
+    plain_to_own = {k.replace("base_layer.", ""): k for k in own if "base_layer." in k}
+    state = {plain_to_own.get(k, k): v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     # tied weights are saved once; tolerate the tied alias only
     tied = {k for k in missing if k.endswith("lm_head.weight")}
