@@ -26,8 +26,8 @@ def tokenizer_vocab_hash(tokenizer: Any) -> str:
     included), sorted by id. Two tokenizers with the same hash map every token string to
     the same id; training refuses prepared data whose hash differs from the model's."""
     vocab = tokenizer.get_vocab()
-    items = sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))
-    blob = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    blob = "\n".join(f"{vocab[t]}\t{t}" for t in tokens).encode("utf-8", "surrogatepass")
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 

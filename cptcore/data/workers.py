@@ -105,21 +105,26 @@ def _init_worker() -> None:
 
 
 class Executor:
-    """Runs chunk functions inline (``num_proc <= 1``; the fast tokenizer still uses its
-    own threads) or in a ``fork`` process pool of ``num_proc`` workers."""
+    """Runs chunk functions in one background thread (``num_proc <= 1``: the Rust
+    tokenizer releases the GIL and uses its own threads, while this process reads and
+    packs the previous chunk) or in a ``fork`` process pool of ``num_proc`` workers."""
 
     def __init__(self, num_proc: int):
         self.num_proc = max(1, num_proc)
         self.pool = None
+        self.thread = None
         if self.num_proc > 1:
             import multiprocessing as mp
 
             self.pool = mp.get_context("fork").Pool(self.num_proc, initializer=_init_worker)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="cpt-tokenize")
 
     def submit(self, fn: Callable, *args: Any):
         if self.pool is None:
-            result = fn(*args)
-            return _Done(result)
+            return _Future(self.thread.submit(fn, *args))
         return self.pool.apply_async(fn, args)
 
     def close(self) -> None:
@@ -127,14 +132,17 @@ class Executor:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
+        if self.thread is not None:
+            self.thread.shutdown(wait=True, cancel_futures=True)
+            self.thread = None
 
 
-class _Done:
-    def __init__(self, value: Any):
-        self.value = value
+class _Future:
+    def __init__(self, future: Any):
+        self.future = future
 
     def get(self) -> Any:
-        return self.value
+        return self.future.result()
 
 
 class ChunkStream:
@@ -151,8 +159,8 @@ class ChunkStream:
         executor: Executor,
         fn: Callable,
         fn_args: tuple,
-        chunk_records: int = 512,
-        chunk_chars: int = 2_000_000,
+        chunk_records: int = 1000,
+        chunk_chars: int = 4_000_000,
     ):
         self.records = records
         self.to_item = to_item
