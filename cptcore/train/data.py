@@ -112,6 +112,8 @@ def open_dataset(folder: Path) -> Any:
 
     try:
         ds = datasets.load_from_disk(str(folder))
+    except IndexError as exc:  # datasets cannot concatenate zero Arrow tables
+        raise DataError("empty dataset (0 rows)", path=str(folder)) from exc
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"not a prepared Arrow folder ({exc})", path=str(folder)) from exc
     if isinstance(ds, datasets.DatasetDict):

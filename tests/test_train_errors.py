@@ -1,0 +1,107 @@
+"""Bad input to ``cpt train``: one-line errors naming the thing, before heavy work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from train_support import DATA, prepare, tiny_model
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, smollm2_tokenizer_dir, mistral_tokenizer_dir):
+    root = tmp_path_factory.mktemp("train_err")
+    small = root / "small.jsonl"
+    small.write_text((DATA / "zh_poetry_sample.jsonl").read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    data = prepare(root / "data", smollm2_tokenizer_dir, [str(small)], max_length=64)  # 5 rows
+    other = prepare(root / "mistral", mistral_tokenizer_dir, [str(small)], max_length=64)
+    empty = root / "empty"
+    import datasets
+
+    datasets.Dataset.from_dict({"input_ids": [], "labels": [], "position_ids": []},
+                               features=datasets.load_from_disk(str(data)).features).save_to_disk(str(empty))
+    shutil.copy(data / "manifest.json", empty / "manifest.json")
+    return {"root": root, "model": tiny_model(root / "model", smollm2_tokenizer_dir), "data": data,
+            "other": other, "empty": empty}
+
+
+def _run(cpt_cli, env, tmp_path, *extra, data=None):
+    args = ["train", "--model", str(env["model"]), "--data", str(data or env["data"]), "--out", str(tmp_path / "out"),
+            "--max-steps", "1", "--set", "logging.progress=false", *extra]
+    return cpt_cli(*args)
+
+
+def _one_line(output: str) -> str:
+    lines = [l for l in output.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--set", "training.max_stepz=3"), "unknown config key 'training.max_stepz'; did you mean 'max_steps'?"),
+    (("--set", "training.max_steps=abc"), "training.max_steps: expected an integer"),
+    (("--strategy", "ddq"), "unknown strategy 'ddq'; did you mean 'ddp'?"),
+    (("--noise", "neftun"), "unknown noise 'neftun'; did you mean 'neftune'?"),
+    (("--set", "strategy.bucket_cap=3"), "unknown option for strategy 'ddp' 'strategy.bucket_cap'"),
+    (("--freeze", "everything"), "training.freeze: unknown 'everything'"),
+    (("--set", "schedule.warmup_steps=5"), "schedule.warmup_steps (5) must be in [0, max_steps=1]"),
+    (("--set", "lora.enabled=true", "--freeze", "non-embeddings"), "exclude each other"),
+])
+def test_config_errors(cpt_cli, env, tmp_path, extra, message):
+    code, output = _run(cpt_cli, env, tmp_path, *extra)
+    assert code == 1
+    assert message in _one_line(output)
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_missing_model_and_data(cpt_cli, env, tmp_path):
+    code, output = cpt_cli("train", "--model", str(tmp_path / "nope"), "--data", str(env["data"]), "--max-steps", "1")
+    assert code == 1 and f"model not found: {tmp_path / 'nope'}" in _one_line(output)
+    code, output = _run(cpt_cli, env, tmp_path, data=tmp_path / "nodata")
+    assert code == 1 and f"{tmp_path / 'nodata'}: prepared data folder not found" in _one_line(output)
+    code, output = cpt_cli("train", "--model", str(env["model"]), "--max-steps", "1")
+    assert code == 1 and "no training data" in _one_line(output)
+
+
+def test_tokenizer_mismatch(cpt_cli, env, tmp_path):
+    code, output = _run(cpt_cli, env, tmp_path, data=env["other"])
+    line = _one_line(output)
+    assert code == 1 and f"{env['other']}: tokenizer mismatch" in line and "sha256:" in line
+
+
+def test_empty_dataset(cpt_cli, env, tmp_path):
+    code, output = _run(cpt_cli, env, tmp_path, data=env["empty"])
+    assert code == 1 and f"{env['empty']}: empty dataset (0 rows)" in _one_line(output)
+
+
+def test_accumulation_larger_than_data(cpt_cli, env, tmp_path):
+    code, output = _run(cpt_cli, env, tmp_path, "--accumulation-steps", "3", "--micro-batch-size", "2")
+    line = _one_line(output)
+    assert code == 1 and "accumulation (3 micro-batches per step) is larger than the data (2 micro-batches" in line
+    code, output = _run(cpt_cli, env, tmp_path, "--micro-batch-size", "6")
+    assert code == 1 and "smaller than one global micro-batch" in _one_line(output)
+
+
+def test_corrupt_or_partial_checkpoint_on_resume(cpt_cli, env, tmp_path):
+    partial = tmp_path / "out" / "checkpoints" / "step-3.tmp"
+    partial.mkdir(parents=True)
+    code, output = _run(cpt_cli, env, tmp_path, "--resume", str(partial))
+    assert code == 1 and "incomplete checkpoint (no trainer_state.json" in _one_line(output)
+    broken = tmp_path / "out" / "checkpoints" / "step-2"
+    (broken / "model").mkdir(parents=True)
+    (broken / "trainer_state.json").write_text(json.dumps({"step": 2, "world_size": 1}))
+    for rel in ("optimizer", "rng"):
+        (broken / rel).mkdir()
+    for rel in ("lr_scheduler.pt", "config.yaml", "rng/rank-0.pt"):
+        (broken / rel).write_text("x")
+    (broken / "model" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "pytorch_model-00001.bin"}}))
+    code, output = _run(cpt_cli, env, tmp_path, "--resume", "auto")
+    assert code == 1 and "model/pytorch_model-00001.bin is missing" in _one_line(output)
+
+
+def test_dry_run_flag_exists(cpt_cli, env, tmp_path):
+    code, output = _run(cpt_cli, env, tmp_path, "--dry-run")
+    assert "no such option" not in output.lower()
