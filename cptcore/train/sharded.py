@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from pathlib import Path
@@ -42,13 +43,72 @@ class ShardedStrategy(Strategy):
             unsharded parameters (ZeRO-1/2), so :meth:`unwrap` needs no gathering.
         gather_dir: folder for the temporary unsharded copy :meth:`unwrap` writes
             (must be visible to every rank; default ``OUT/.gather``).
+        save_master_weights: also save this rank's fp32 master parameters (the inner
+            optimizer's parameters) beside the checkpoint. ColossalAI's ZeRO and
+            mixed-precision checkpoints store only the half-precision working weights
+            and rebuild the masters from them on load, which rounds them: the resumed
+            trajectory then drifts from the uninterrupted one after its first step.
+        strict_load: passed to ``booster.load_model`` (Gemini's sharded writer keeps a
+            tied ``lm_head.weight`` its loader then calls unexpected).
     """
 
     def __init__(self, plugin: Any, *, full_params_local: bool = False, gather_dir: str | Path = ".gather",
-                 **kwargs: Any) -> None:
+                 save_master_weights: bool = False, strict_load: bool = True, **kwargs: Any) -> None:
         super().__init__(plugin, plugin_controls_precision=True, **kwargs)
         self.full_params_local = full_params_local
         self.gather_dir = Path(gather_dir)
+        self.save_master_weights = save_master_weights
+        self.strict_load = strict_load
+
+    @staticmethod
+    def _masters(optimizer: Any) -> list:
+        from .strategy import inner_optimizer
+
+        return [p for g in inner_optimizer(optimizer).param_groups for p in g["params"]]
+
+    def save(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """:meth:`Strategy.save`, plus ``master/rank{R}.pt`` (fp32 master parameters of
+        this rank, in optimizer order) when ``save_master_weights``."""
+        import torch
+        import torch.distributed as dist
+
+        super().save(ckpt_dir, model, optimizer, lr_scheduler)
+        if self.save_master_weights:
+            folder = Path(ckpt_dir) / "master"
+            folder.mkdir(parents=True, exist_ok=True)
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            torch.save([p.detach().cpu().clone() for p in self._masters(optimizer)], folder / f"rank{rank}.pt")
+
+    def load(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """Inverse of :meth:`save` on boosted objects (same world size and layout).
+
+        Raises:
+            CptError: the checkpoint lacks this rank's master weights file or they do
+                not match the optimizer's parameters (a different layout).
+        """
+        import torch
+        import torch.distributed as dist
+
+        from ..errors import CptError
+
+        d = Path(ckpt_dir)
+        self.booster.load_model(model, str(d / "model"), strict=self.strict_load)
+        self.booster.load_optimizer(optimizer, str(d / "optimizer"))
+        if lr_scheduler is not None:
+            self.booster.load_lr_scheduler(lr_scheduler, str(d / "lr_scheduler.pt"))
+        if not self.save_master_weights:
+            return
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        path = d / "master" / f"rank{rank}.pt"
+        if not path.is_file():
+            raise CptError(f"{path}: missing master weights for rank {rank} (checkpoint from another world size?)")
+        saved = torch.load(path, weights_only=True)
+        masters = self._masters(optimizer)
+        if len(saved) != len(masters) or any(a.shape != b.shape for a, b in zip(saved, masters)):
+            raise CptError(f"{path}: master weights do not match this run's layout ({len(saved)} vs {len(masters)} tensors)")
+        with torch.no_grad():
+            for dst, src in zip(masters, saved):
+                dst.copy_(src.to(dst.device))
 
     def clip_and_step(self, optimizer: Any, max_norm: float) -> float:
         """Step (the plugin unscales and clips to the ``max_norm`` it was built with);
@@ -134,8 +194,13 @@ class PipelineStrategy(ShardedStrategy):
         def criterion(outputs: Any, micro: Mapping[str, Any]) -> Any:
             return token_loss_sum(outputs.logits, micro["labels"]) * scale
 
-        out = self.booster.execute_pipeline(iter([inputs]), model, criterion, optimizer,
-                                            return_loss=True, return_outputs=False)
+        # non-final micro-batches skip the shared-parameter and data-parallel gradient
+        # sync that execute_pipeline otherwise runs after every call (it would sum the
+        # tied embedding's accumulated gradient more than once)
+        ctx = contextlib.nullcontext() if sync else self.no_sync(model, optimizer)
+        with ctx:
+            out = self.booster.execute_pipeline(iter([inputs]), model, criterion, optimizer,
+                                                return_loss=True, return_outputs=False)
         loss = out.get("loss")
         if loss is not None and normaliser:
             total = (loss.detach().float() / normaliser).reshape(())
@@ -150,14 +215,16 @@ class PipelineStrategy(ShardedStrategy):
         import torch.distributed as dist
 
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask")}
-        out = self.booster.execute_pipeline(iter([inputs]), model, lambda o, m: o.logits.new_zeros(()), None,
-                                            return_loss=False, return_outputs=True)
+        with model.no_sync():  # no gradients to synchronise after a forward-only pass
+            out = self.booster.execute_pipeline(iter([inputs]), model, lambda o, m: o.logits.new_zeros(()), None,
+                                                return_loss=False, return_outputs=True)
         stage = self.plugin.stage_manager
         last = dist.get_global_rank(self.pp_group, stage.num_stages - 1)
         shape = torch.zeros(3, dtype=torch.int64, device=self.device)
         logits = None
         if stage.is_last_stage():
-            logits = out["outputs"].logits.float().contiguous()
+            merged = out["outputs"]  # merged over pipeline micro-batches: a plain mapping
+            logits = (merged["logits"] if isinstance(merged, Mapping) else merged.logits).float().contiguous()
             shape.copy_(torch.tensor(logits.shape))
         dist.broadcast(shape, src=last, group=self.pp_group)
         if logits is None:
