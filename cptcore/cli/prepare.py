@@ -11,18 +11,22 @@ import typer
 from ..errors import ConfigError
 
 
-def _options(items: list[str] | None, section: str) -> dict[str, Any]:
-    """``--set packer.buffer_docs=100`` style items for one section."""
+def _options(items: list[str] | None, section: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The ``--set SECTION.KEY=VALUE`` items of one section (values read as YAML).
+
+    Raises:
+        ConfigError: an item names a section this command does not take.
+    """
     from ..config import parse_set
 
     out: dict[str, Any] = {}
     for item in items or []:
         key, value = parse_set(item)
         head, _, rest = key.partition(".")
+        if head not in allowed:
+            raise ConfigError(f"--set {item}: this command takes {' or '.join(a + '.KEY=VALUE' for a in allowed)}")
         if head == section:
             out[rest] = value
-        elif head not in ("packer", "template"):
-            raise ConfigError(f"--set {item}: cpt prepare takes packer.KEY=VALUE or template.KEY=VALUE")
     return out
 
 
@@ -40,6 +44,7 @@ SET = typer.Option(None, "--set", help="packer.KEY=VALUE or template.KEY=VALUE o
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder.")
 SEED = typer.Option(0, "--seed", help="Seed of the row shuffle (identical inputs + seed = identical shards).")
 SHUFFLE = typer.Option(0, "--shuffle-window", help="Shuffle rows in windows of N rows (0: keep input order).")
+SFT_SETS = ("packer", "template")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
 
 
@@ -73,7 +78,7 @@ def make_prepare_app(pm: Any) -> typer.Typer:
 
         args = PrepareArgs(
             kind="pretrain", tokenizer=tokenizer, inputs=tuple(input), out=out, max_length=max_length,
-            packer=packer, packer_options=_options(set_, "packer"), text_field=text_field, num_proc=num_proc,
+            packer=packer, packer_options=_options(set_, "packer", ("packer",)), text_field=text_field, num_proc=num_proc,
             num_shards=num_shards, on_error=on_error, long_doc=long_doc, add_bos=add_bos, add_eos=add_eos,
             mix=mix, seed=seed, shuffle_window=shuffle_window, overwrite=overwrite, command=_command(),
             progress=progress,
@@ -104,8 +109,8 @@ def make_prepare_app(pm: Any) -> typer.Typer:
 
         args = PrepareArgs(
             kind="sft", tokenizer=tokenizer, inputs=tuple(input), out=out, max_length=max_length,
-            packer=packer, packer_options=_options(set_, "packer"), template=template,
-            template_options=_options(set_, "template"), num_proc=num_proc, num_shards=num_shards,
+            packer=packer, packer_options=_options(set_, "packer", SFT_SETS), template=template,
+            template_options=_options(set_, "template", SFT_SETS), num_proc=num_proc, num_shards=num_shards,
             on_error=on_error, mix=mix, seed=seed, shuffle_window=shuffle_window, overwrite=overwrite,
             command=_command(), progress=progress,
         )
