@@ -299,3 +299,34 @@ def test_cli_prepare_pretrain_summary_and_one_line_errors(cpt_cli, mistral_token
     assert code == 1 and "did you mean 'splice'" in out
     code, out = cpt_cli("prepare", "pretrain", "--tokenizer", str(mistral_tokenizer_dir), "--input", str(bad), "--out", str(tmp_path / "out"))
     assert code == 1 and "--overwrite" in out
+
+
+class OneDocPerRowPlugin:
+    """A third-party packer through `cpt_register_packers`: one padded row per document."""
+
+    @hookimpl
+    def cpt_register_packers(self):
+        from cptcore import PackerSpec
+        from cptcore.data.packing import build_row
+
+        class OnePerRow:
+            def __init__(self, max_length, pad_id, options):
+                self.max_length, self.pad_id = max_length, pad_id
+
+            def add(self, doc):
+                return [build_row([doc], self.max_length, self.pad_id)]
+
+            def flush(self):
+                return []
+
+        return [PackerSpec(name="one_per_row", make=OnePerRow, description="test packer")]
+
+
+def test_third_party_packer_plugin_is_selectable(mistral_tokenizer_dir, tmp_path):
+    from cptcore import make_plugin_manager
+
+    pm = make_plugin_manager(entrypoints=False, extra=[OneDocPerRowPlugin()])
+    src = write_jsonl(tmp_path / "a.jsonl", [{"text": "Hello world"}] * 2)
+    m = run(pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=6, packer="one_per_row")
+    assert load(tmp_path / "out")["input_ids"] == [[1, 22557, 1526, 2, 0, 0]] * 2
+    assert m["packer"] == "one_per_row" and m["useful_token_fraction"] == 8 / 12

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cptcore import hookimpl
 from cptcore.data.pipeline import PrepareArgs, prepare
 from cptcore.data.sft import SkipSample, encode_conversation, normalise
 from cptcore.data.tokenize import load_tokenizer
@@ -189,3 +190,35 @@ def test_cli_prepare_sft_and_templates_show(cpt_cli, smollm2_tokenizer_dir, data
     assert code == 1 and "did you mean 'chatml'" in out
     code, out = cpt_cli("templates")
     assert code == 0 and "colossal" in out
+
+
+class PlainTemplatePlugin:
+    """A third-party chat template through `cpt_register_chat_templates`."""
+
+    @hookimpl
+    def cpt_register_chat_templates(self):
+        from cptcore import ChatTemplate, Segment
+
+        def render(messages, *, tokenizer=None, options=None):
+            segs = []
+            for m in messages:
+                if m["role"] == "assistant":
+                    segs += [Segment("A: "), Segment(m["content"] + "</s>", train=True)]
+                else:
+                    segs.append(Segment(f"Q: {m['content']}\n"))
+            return segs
+
+        return [ChatTemplate(name="plain_qa", render=render, description="test template")]
+
+
+def test_third_party_chat_template_plugin(mistral_tokenizer_dir, tmp_path):
+    from cptcore import make_plugin_manager
+
+    pm = make_plugin_manager(entrypoints=False, extra=[PlainTemplatePlugin()])
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": HI_YO}])
+    m = run(pm, mistral_tokenizer_dir, [src], tmp_path / "out", template="plain_qa", num_proc=2)
+    row = load(tmp_path / "out")[0]
+    tok = load_tokenizer(str(mistral_tokenizer_dir))
+    assert row["input_ids"] == tok("Q: hi\nA: yo</s>", add_special_tokens=False)["input_ids"]
+    assert tok.decode([x for x in row["labels"] if x != M]) == "yo</s>"
+    assert m["template"] == "plain_qa"

@@ -125,7 +125,6 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
             raise ConfigError("packer options given without --packer")
         pspec, popts, packer, splits = None, None, PassThrough(args.max_length, sp.pad_id), False
 
-    executor = Executor(args.num_proc)
     if args.kind == "pretrain":
         tokenize_fn = call_provider(pm, "cpt_tokenize_fn", tokenizer_path=tok_path, add_bos=args.add_bos, add_eos=args.add_eos)
         fn, fn_args, to_item, field_name = pretrain_chunk, (tokenize_fn, tok_path, args.add_bos, args.add_eos), _to_item_pretrain, args.text_field
@@ -147,7 +146,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
                     stats[i].files.add(rec.path)
                     yield rec
 
-            return iter(ChunkStream(records(), to_item, executor, fn, fn_args))
+            return iter(ChunkStream(records(), to_item, executor))
 
         return make
 
@@ -178,6 +177,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         writer.write([window[j] for j in order])
         window.clear()
 
+    executor = Executor(args.num_proc, fn, fn_args)
     progress = Progress(total_bytes, args.progress, f"prepare {args.kind}")
     try:
         for i, (rec, reason, ids, labels) in mixer:

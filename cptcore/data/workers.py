@@ -100,38 +100,53 @@ def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int,
     return ChunkResult(reasons, ids, _flatten(lab_list)[0], starts)
 
 
+_JOB: tuple | None = None  # (fn, args) of the running preparation, inherited by forked workers
+
+
 def _init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-class Executor:
-    """Runs chunk functions in one background thread (``num_proc <= 1``: the Rust
-    tokenizer releases the GIL and uses its own threads, while this process reads and
-    packs the previous chunk) or in a ``fork`` process pool of ``num_proc`` workers."""
+def _run_job(items: list) -> ChunkResult:
+    fn, args = _JOB  # type: ignore[misc]
+    return fn(*args, items)
 
-    def __init__(self, num_proc: int):
+
+class Executor:
+    """Runs ``fn(*args, items)`` on chunks: in one background thread (``num_proc <= 1``:
+    the Rust tokenizer releases the GIL and uses its own threads while this process
+    reads and packs) or in a ``fork`` pool of ``num_proc`` processes. ``fn`` and ``args``
+    reach the workers through the fork, not through pickling, so plugin templates and
+    tokenize functions that are closures work too; only the chunks are pickled."""
+
+    def __init__(self, num_proc: int, fn: Callable, args: tuple):
+        global _JOB
         self.num_proc = max(1, num_proc)
+        self.fn, self.args = fn, args
         self.pool = None
         self.thread = None
         if self.num_proc > 1:
             import multiprocessing as mp
 
+            _JOB = (fn, args)
             self.pool = mp.get_context("fork").Pool(self.num_proc, initializer=_init_worker)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             self.thread = ThreadPoolExecutor(1, thread_name_prefix="cpt-tokenize")
 
-    def submit(self, fn: Callable, *args: Any):
+    def submit(self, items: list):
         if self.pool is None:
-            return _Future(self.thread.submit(fn, *args))
-        return self.pool.apply_async(fn, args)
+            return _Future(self.thread.submit(self.fn, *self.args, items))
+        return self.pool.apply_async(_run_job, (items,))
 
     def close(self) -> None:
+        global _JOB
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
+            _JOB = None
         if self.thread is not None:
             self.thread.shutdown(wait=True, cancel_futures=True)
             self.thread = None
@@ -157,16 +172,12 @@ class ChunkStream:
         records: Iterator[Record],
         to_item: Callable[[Record], tuple],
         executor: Executor,
-        fn: Callable,
-        fn_args: tuple,
         chunk_records: int = 1000,
         chunk_chars: int = 4_000_000,
     ):
         self.records = records
         self.to_item = to_item
         self.executor = executor
-        self.fn = fn
-        self.fn_args = fn_args
         self.chunk_records = chunk_records
         self.chunk_chars = chunk_chars
         self.lookahead = max(2, 2 * executor.num_proc)
@@ -186,7 +197,7 @@ class ChunkStream:
             else:
                 self._exhausted = True
             if recs:
-                self._pending.append((recs, self.executor.submit(self.fn, *self.fn_args, items)))
+                self._pending.append((recs, self.executor.submit(items)))
 
     def __iter__(self):
         while True:
