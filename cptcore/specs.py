@@ -71,11 +71,17 @@ class PackerSpec:
 
     Attributes:
         name: registry name, e.g. ``"splice"``, ``"greedy"``, ``"bfd"``.
-        make: ``make(max_length, pad_id, options) -> packer``; a packer is an object with
-            ``add(doc) -> list[row]`` and ``flush() -> list[row]`` (see
-            :mod:`cptcore.data.packing` for the document and row types).
+        make: ``make(max_length, pad_id, options) -> packer``; ``options`` is an instance
+            of ``options`` (or ``None``). A packer has ``add(doc) -> list[Row]`` and
+            ``flush() -> list[Row]`` (called once at the end). ``Doc`` (``input_ids``,
+            ``labels``: int32 ``[n]``) and ``Row`` (``input_ids``, ``labels``,
+            ``position_ids``: int32 ``[length]``, ``n_pad``: trailing pad tokens) are in
+            :mod:`cptcore.data.packing`; rows are at most ``max_length`` long, padding
+            uses ``pad_id`` with label -100, positions restart at 0 at every document
+            start (``cptcore.data.packing.build_row`` does all that). Documents longer
+            than ``max_length`` reach a packer only when ``splits_documents`` is True.
         splits_documents: True when a document may span two rows (``splice``).
-        options: dataclass of options.
+        options: dataclass of options (``--set packer.KEY=VALUE``).
     """
 
     name: str

@@ -330,3 +330,54 @@ def test_third_party_packer_plugin_is_selectable(mistral_tokenizer_dir, tmp_path
     m = run(pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=6, packer="one_per_row")
     assert load(tmp_path / "out")["input_ids"] == [[1, 22557, 1526, 2, 0, 0]] * 2
     assert m["packer"] == "one_per_row" and m["useful_token_fraction"] == 8 / 12
+
+
+def test_truncate_keeps_the_end_of_text_token(cpt_pm, mistral_tokenizer_dir, tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", [{"text": "one two three four five six seven eight nine ten"}])
+    run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=8, packer="greedy", long_doc="truncate")
+    assert load(tmp_path / "out")["input_ids"] == [[1, 624, 989, 1712, 2308, 3359, 3522, 2]]
+
+
+def bad_ids(texts):
+    return [[10**9] for _ in texts]
+
+
+class BadTokenizerPlugin:
+    @hookimpl
+    def cpt_tokenize_fn(self, tokenizer_path, add_bos, add_eos):
+        return bad_ids
+
+
+def test_plugin_ids_outside_the_vocabulary_are_refused(mistral_tokenizer_dir, tmp_path):
+    from cptcore import make_plugin_manager
+
+    pm = make_plugin_manager(entrypoints=False, extra=[BadTokenizerPlugin()])
+    src = write_jsonl(tmp_path / "a.jsonl", [{"text": "abc"}])
+    with pytest.raises(DataError, match=r"a.jsonl:1: token id 1000000000 outside the vocabulary \(size 32000\)"):
+        run(pm, mistral_tokenizer_dir, [src], tmp_path / "out")
+
+
+def test_reading_is_lazy_and_bounded(mistral_tokenizer_dir):
+    """Only a bounded look-ahead of records is read before rows come out."""
+    from cptcore.data.readers import Record
+    import functools
+
+    from cptcore.data.tokenize import encode_texts
+    from cptcore.data.workers import ChunkStream, Executor, pretrain_chunk
+
+    pulled = []
+
+    def records():
+        for i in range(10**9):  # "infinite" corpus
+            pulled.append(i)
+            yield Record("x", i + 1, text="Hello world", nbytes=12)
+
+    fn = functools.partial(encode_texts, str(mistral_tokenizer_dir), None, None)
+    ex = Executor(1, pretrain_chunk, (fn, str(mistral_tokenizer_dir), None, None))
+    try:
+        stream = iter(ChunkStream(records(), lambda r: ("text", r.text), ex, chunk_records=100))
+        first = next(stream)
+        assert first[2].tolist() == [1, 22557, 1526, 2]
+        assert len(pulled) <= 2 * 100  # look-ahead of 2 chunks of 100 records (num_proc=1)
+    finally:
+        ex.close()

@@ -78,16 +78,20 @@ def build_row(docs: Sequence[Doc], length: int | None, pad_id: int) -> Row:
     return Row(ids, lab, pos, max(n_pad, 0))
 
 
-def fit_long(doc: Doc, max_length: int, policy: str) -> list[Doc]:
+def fit_long(doc: Doc, max_length: int, policy: str, eos_id: int | None = None) -> list[Doc]:
     """Apply the over-long document policy: ``split`` into ``max_length`` chunks (the
-    default), ``truncate`` to the first ``max_length`` tokens, or ``skip`` (returns
-    ``[]``). Documents that fit are returned as they are."""
+    default), ``truncate`` to the first ``max_length`` tokens (keeping the final
+    ``eos_id`` when the document ends with it, so documents stay separated), or
+    ``skip`` (returns ``[]``). Documents that fit are returned as they are."""
     n = len(doc)
     if n <= max_length:
         return [doc]
     if policy == "skip":
         return []
     if policy == "truncate":
+        if eos_id is not None and int(doc.input_ids[-1]) == eos_id:
+            keep = np.r_[0:max_length - 1, n - 1]
+            return [Doc(doc.input_ids[keep], doc.labels[keep], doc.source)]
         return [Doc(doc.input_ids[:max_length], doc.labels[:max_length], doc.source)]
     return [
         Doc(doc.input_ids[i : i + max_length], doc.labels[i : i + max_length], doc.source)

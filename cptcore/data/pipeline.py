@@ -112,6 +112,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     tok_path = str(args.tokenizer)
     tok = load_tokenizer(tok_path)
     sp = special_tokens(tok, args.add_bos, args.add_eos)
+    vocab_size = len(tok)
     packer_name = args.packer
     if packer_name == "auto":
         packer_name = "splice" if args.kind == "pretrain" else None
@@ -190,12 +191,15 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
                     raise DataError(reason + hint, path=rec.path, line=rec.line or None)
                 st.skipped[reason_key(reason)] += 1
                 continue
+            if len(ids) and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+                bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
+                raise DataError(f"token id {bad} outside the vocabulary (size {vocab_size}): check the tokenize plugin", path=rec.path, line=rec.line or None)
             st.tokens_in += len(ids)
             doc = Doc(ids, labels, i)
             if args.kind == "sft" or (splits and args.long_doc == "split"):
                 pieces = [doc]
             else:
-                pieces = fit_long(doc, args.max_length, args.long_doc)
+                pieces = fit_long(doc, args.max_length, args.long_doc, sp.eos_id)
             if not pieces:
                 st.skipped["longer than max_length"] += 1
                 st.tokens_skipped += len(doc)

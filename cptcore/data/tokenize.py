@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 IGNORE = -100  # label value for tokens that carry no loss (PyTorch cross-entropy ignore_index)
 
@@ -189,10 +189,3 @@ def encode_source_target(
             ids, labels = ids + [sp.eos_id], labels + [sp.eos_id]
         out.append((ids, labels))
     return out
-
-
-def check_ids(ids: Sequence[int], vocab_size: int, where: str) -> None:
-    """Raise :class:`DataError` when a plugin tokenizer returns an id outside the vocab."""
-    for t in ids:
-        if not 0 <= t < vocab_size:
-            raise DataError(f"{where}: token id {t} outside the vocabulary (size {vocab_size})")
