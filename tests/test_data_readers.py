@@ -33,3 +33,12 @@ def test_folder_glob_and_records(tmp_path):
     sft = list(iter_input(InputSpec(str(tmp_path / "d" / "*.txt")), None))
     assert sft[0].error.startswith("plain text is not a conversation")
     assert [r.error for r in iter_input(InputSpec(str(tmp_path / "nothing*")))] == ["missing file"]
+
+
+def test_gzip_and_byte_order_mark(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as fh:
+        fh.write(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two"}\n')
+    recs = list(iter_input(InputSpec(str(tmp_path / "a.jsonl.gz"))))
+    assert [(r.line, r.text, r.error) for r in recs] == [(1, "one", None), (2, "two", None)]

@@ -238,8 +238,9 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
             "name_or_path": tok_path,
             "vocab_hash": tokenizer_vocab_hash(tok),
             "vocab_size": len(tok),
-            "bos_id": sp.bos_id,
-            "eos_id": sp.eos_id,
+            # ids added around every pretraining document (SFT: the template decides)
+            "bos_id": sp.bos_id if args.kind == "pretrain" else None,
+            "eos_id": sp.eos_id if args.kind == "pretrain" else None,
         },
         "pad_id": sp.pad_id,
         "max_length": args.max_length,

@@ -91,14 +91,14 @@ def expand(spec: InputSpec) -> list[str]:
 
 
 def file_format(path: str) -> str:
-    """``"jsonl"``, ``"json"``, ``"parquet"`` or ``"text"`` from the file name."""
+    """``"jsonl"``, ``"json"``, ``"parquet"`` or ``"text"`` from the file name (a
+    ``.gz`` suffix on JSONL/JSON/text is decompressed on the fly)."""
     name = path.lower()
-    for suffixes, fmt in (
-        (JSONL_SUFFIXES, "jsonl"),
-        (JSON_SUFFIXES, "json"),
-        (PARQUET_SUFFIXES, "parquet"),
-    ):
-        if name.endswith(suffixes) or name.endswith(tuple(s + ".gz" for s in suffixes)):
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    name = name.removesuffix(".gz")
+    for suffixes, fmt in ((JSONL_SUFFIXES, "jsonl"), (JSON_SUFFIXES, "json")):
+        if name.endswith(suffixes):
             return fmt
     return "text"
 
@@ -127,9 +127,25 @@ def _text_of(obj: Any, path: str, line: int, field: str | None, nbytes: int) -> 
     return Record(path, line, text=text, data=obj, nbytes=nbytes)
 
 
+def _open(path: str):
+    """Binary file handle; ``.gz`` files are decompressed on the fly."""
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_bytes(path: str) -> bytes:
+    with _open(path) as fh:
+        return fh.read()
+
+
 def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
-    with open(path, "rb") as fh:
+    with _open(path) as fh:
         for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte-order mark
             if not raw.strip():
                 continue  # blank lines are not documents
             try:
@@ -146,7 +162,7 @@ def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
 
 
 def _iter_json(path: str, field: str | None) -> Iterator[Record]:
-    raw = Path(path).read_bytes()
+    raw = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")
     try:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -182,7 +198,7 @@ def _iter_text(path: str, field: str | None) -> Iterator[Record]:
     if field is None:
         yield Record(path, 1, error="plain text is not a conversation (use JSONL)")
         return
-    raw = Path(path).read_bytes()
+    raw = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
