@@ -74,6 +74,7 @@ class Progress:
         self.start = time.perf_counter()
         self.tokens = 0
         self.docs = 0
+        self._pending = 0  # bytes read since the bar was last redrawn
         if not enabled:
             return
         from rich.console import Console
@@ -105,8 +106,6 @@ class Progress:
             self._last = now
         else:
             self._pending += nbytes
-
-    _pending = 0
 
     def close(self) -> None:
         if self.enabled:
