@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,46 @@ def _to_item_sft(rec: readers.Record) -> tuple:
     return ("error", rec.error) if rec.error else ("obj", rec.data)
 
 
+def _make_packer(pm: Any, args: PrepareArgs, pad_id: int) -> tuple[Any, Any, Any]:
+    """``(spec or None, options or None, packer)`` for ``args.packer`` ("auto": splice
+    for pretraining, none for SFT).
+
+    Raises:
+        ConfigError: unknown packer (did-you-mean), bad packer option.
+    """
+    name = args.packer
+    if name == "auto":
+        name = "splice" if args.kind == "pretrain" else None
+    if not name:
+        if args.packer_options:
+            raise ConfigError("packer options given without --packer")
+        return None, None, PassThrough(args.max_length, pad_id)
+    spec = pm.registry("packers").get(name)
+    options = parse_options(spec.options, args.packer_options, owner=f"packer '{spec.name}'", section="packer")
+    return spec, options, spec.make(args.max_length, pad_id, options)
+
+
+def _make_job(pm: Any, args: PrepareArgs, tok: Any) -> tuple[Any, tuple, Any, Any, Any, Any]:
+    """The chunk function and its arguments for this kind of preparation, the record ->
+    item converter, the reader's field, and the chat template spec and options (SFT).
+
+    Raises:
+        ConfigError: unknown template, bad template option, template the tokenizer
+            cannot express (missing special tokens), no tokenize provider.
+    """
+    tok_path = str(args.tokenizer)
+    if args.kind == "pretrain":
+        tokenize_fn = call_provider(pm, "cpt_tokenize_fn", tokenizer_path=tok_path, add_bos=args.add_bos, add_eos=args.add_eos)
+        return pretrain_chunk, (tokenize_fn, tok_path, args.add_bos, args.add_eos), _to_item_pretrain, args.text_field, None, None
+    tspec = pm.registry("templates").get(args.template)
+    topts = parse_options(tspec.options, args.template_options, owner=f"template '{tspec.name}'", section="template")
+    if topts is None and tspec.options is not None:
+        topts = tspec.options()
+    # Fail now, with one line, if the template cannot render with this tokenizer.
+    tspec.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenizer=tok, options=topts)
+    return sft_chunk, (tok_path, tspec, topts, args.max_length), _to_item_sft, None, tspec, topts
+
+
 def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     """Run the whole preparation; returns the manifest (also written to ``out``).
 
@@ -98,7 +138,6 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         ConfigError: bad option, unknown packer/template, output folder not empty.
         DataError: bad input with ``on_error="stop"`` (``file:line: problem``).
     """
-    from .. import __version__
     from .tokenize import load_tokenizer, special_tokens
 
     _validate(args)
@@ -109,35 +148,12 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         raise ConfigError("give a :WEIGHT to every --input or to none")
     weights = [s.weight for s in specs] if all(weighted) else None
 
-    tok_path = str(args.tokenizer)
-    tok = load_tokenizer(tok_path)
+    tok = load_tokenizer(str(args.tokenizer))
     sp = special_tokens(tok, args.add_bos, args.add_eos)
     vocab_size = len(tok)
-    packer_name = args.packer
-    if packer_name == "auto":
-        packer_name = "splice" if args.kind == "pretrain" else None
-    if packer_name:
-        pspec = pm.registry("packers").get(packer_name)
-        popts = parse_options(pspec.options, args.packer_options, owner=f"packer '{pspec.name}'", section="packer")
-        packer = pspec.make(args.max_length, sp.pad_id, popts)
-        splits = pspec.splits_documents
-    else:
-        if args.packer_options:
-            raise ConfigError("packer options given without --packer")
-        pspec, popts, packer, splits = None, None, PassThrough(args.max_length, sp.pad_id), False
-
-    if args.kind == "pretrain":
-        tokenize_fn = call_provider(pm, "cpt_tokenize_fn", tokenizer_path=tok_path, add_bos=args.add_bos, add_eos=args.add_eos)
-        fn, fn_args, to_item, field_name = pretrain_chunk, (tokenize_fn, tok_path, args.add_bos, args.add_eos), _to_item_pretrain, args.text_field
-        tspec, topts = None, None
-    else:
-        tspec = pm.registry("templates").get(args.template)
-        topts = parse_options(tspec.options, args.template_options, owner=f"template '{tspec.name}'", section="template")
-        if topts is None and tspec.options is not None:
-            topts = tspec.options()
-        tspec.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenizer=tok, options=topts)
-        fn, fn_args, to_item, field_name = sft_chunk, (tok_path, tspec, topts, args.max_length), _to_item_sft, None
-
+    pspec, popts, packer = _make_packer(pm, args, sp.pad_id)
+    splits = pspec.splits_documents if pspec else False
+    fn, fn_args, to_item, field_name, tspec, topts = _make_job(pm, args, tok)
     stats = [InputStats(s.pattern, s.weight) for s in specs]
 
     def factory(i: int):
@@ -224,6 +240,16 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
 
     for i, st in enumerate(stats):
         st.epochs, st.exhausted = mixer.epochs[i], mixer.exhausted[i]
+    manifest = _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_stats, num_shards, time.perf_counter() - t0)
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_stats, num_shards, seconds) -> dict[str, Any]:
+    """The manifest dict (schema in docs/data.md and :mod:`cptcore.data.manifest`)."""
+    from .. import __version__
+
+    tok_path = str(args.tokenizer)
     total_packed = sum(s.tokens_packed for s in stats)
     wsum = sum(weights) if weights else None
     skipped: dict[str, int] = {}
@@ -269,13 +295,8 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         "num_shards": num_shards,
         "seed": args.seed,
         "shuffle_window": args.shuffle_window,
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(seconds, 3),
         "command": args.command,
         "cptcore_version": __version__,
     }
-    write_manifest(out, manifest)
     return manifest
-
-
-def args_dict(args: PrepareArgs) -> dict[str, Any]:
-    return asdict(args)
