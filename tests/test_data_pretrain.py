@@ -381,3 +381,15 @@ def test_reading_is_lazy_and_bounded(mistral_tokenizer_dir):
         assert len(pulled) <= 2 * 100  # look-ahead of 2 chunks of 100 records (num_proc=1)
     finally:
         ex.close()
+
+
+def test_overwrite_only_replaces_a_prepared_folder(cpt_pm, mistral_tokenizer_dir, tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", [{"text": "Hello world"}])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="refusing to delete"):
+        run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
+    run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=4)
+    run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=8, overwrite=True)
+    assert read_manifest(tmp_path / "out")["max_length"] == 8

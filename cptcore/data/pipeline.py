@@ -72,9 +72,18 @@ def _validate(args: PrepareArgs) -> None:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Create ``out``; with ``overwrite``, first delete a previous ``cpt prepare`` output
+    there (never a folder that does not look like one).
+
+    Raises:
+        ConfigError: ``out`` is not empty (without ``overwrite``), or is not empty and
+            not a prepared folder (with it).
+    """
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"--out {out} exists and is not empty (use --overwrite)")
+        if not ((out / "manifest.json").is_file() or (out / "state.json").is_file()):
+            raise ConfigError(f"--out {out}: refusing to delete a non-empty folder not made by 'cpt prepare'")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
