@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -127,6 +128,7 @@ def main() -> None:
         results["resize_smollm2"] = {**summary, "total_seconds": round(time.perf_counter() - t0, 2)}
         print(f"cpt model resize SmolLM2 -> {summary['new_rows']} rows: resize {summary['seconds']} s, "
               f"load+resize+save {results['resize_smollm2']['total_seconds']} s")
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {write_result('vocab_expansion', results)}")
 
 
