@@ -71,7 +71,10 @@ def register(app: typer.Typer, pm: Any) -> None:
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
         if dry_run:
-            raise ConfigError("--dry-run is not available yet")
+            from ..train.dryrun import dry_run as run_dry
+
+            run_dry(cfg, pm, nproc_per_node, nnodes, echo=typer.echo)
+            return
         if nproc_per_node is not None and not in_launched_process():
             from ..train.loop import precheck
 
