@@ -101,11 +101,17 @@ def _pre_tokenizer(kind: str, add_prefix_space: bool):
     )
 
 
-def _post_processor(tokens: list[str], bos_id: int | None, eos_id: int | None, add_bos: bool, add_eos: bool):
+def _post_processor(
+    tokens: list[str], bos_id: int | None, eos_id: int | None, add_bos: bool, add_eos: bool, byte_level: bool = True
+):
+    """BOS/EOS template from the GGUF flags; without either, ByteLevel offsets (byte-level
+    BPE, as upstream SmolLM2's tokenizer.json) or a plain ``$A`` template."""
     from tokenizers import processors
 
     if not (add_bos and bos_id is not None) and not (add_eos and eos_id is not None):
-        return processors.ByteLevel(trim_offsets=False)
+        if byte_level:
+            return processors.ByteLevel(trim_offsets=False)
+        return processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1", special_tokens=[])
     bos = f"{tokens[bos_id]}:0 " if add_bos and bos_id is not None else ""
     eos = f" {tokens[eos_id]}:0" if add_eos and eos_id is not None else ""
     special = []
@@ -165,7 +171,7 @@ def build_tokenizer(gguf_path: str | Path, meta: dict[str, Any] | None = None):
         slow_built = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         fast = slow_built.backend_tokenizer
         tokens = [slow_built.convert_ids_to_tokens(i) for i in range(len(slow_built))]
-        fast.post_processor = _post_processor(tokens, bos_id, eos_id, add_bos, add_eos)
+        fast.post_processor = _post_processor(tokens, bos_id, eos_id, add_bos, add_eos, byte_level=False)
         from transformers import PreTrainedTokenizerFast
 
         cls = PreTrainedTokenizerFast
