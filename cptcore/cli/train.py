@@ -78,7 +78,7 @@ def register(app: typer.Typer, pm: Any) -> None:
         if nproc_per_node is not None and not in_launched_process():
             from ..train.loop import precheck
 
-            precheck(cfg, pm)  # fail fast, before starting processes
+            precheck(cfg, pm, nproc_per_node * nnodes)  # fail fast, before starting processes
             argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("cpt", "main.py") else None
             if argv is None:
                 raise ConfigError("--nproc-per-node needs to be run from the 'cpt' command line")

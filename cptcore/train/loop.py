@@ -44,7 +44,7 @@ class TrainState:
                 "loss_tokens": self.loss_tokens, "sampler": self.sampler, "epoch": self.sampler.get("epoch", 0)}
 
 
-def precheck(config: Any, pm: Any) -> Path | None:
+def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None:
     """Every check that needs no heavy library: paths, names, values, the resume
     checkpoint. Returns the checkpoint to resume from (or None).
 
@@ -81,7 +81,7 @@ def precheck(config: Any, pm: Any) -> Path | None:
     lr_lambda(config.schedule.name, config.schedule.warmup_steps, t.max_steps, config.schedule.min_lr_ratio)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"strategy.precision must be fp32, bf16 or fp16, got '{config.strategy.precision}'")
-    validate_strategy(config, pm)
+    validate_strategy(config, pm, world_size)  # world: the launcher passes nproc x nnodes
     if config.noise.name:
         pm.registry("noise").get(config.noise.name)
     for name in config.logging.loggers:
@@ -94,13 +94,14 @@ def precheck(config: Any, pm: Any) -> Path | None:
     return resume
 
 
-def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
+def _all_reduce_sum(values: list[float], device: Any, group: Any = None) -> list[float]:
+    """Sum over ``group`` (the data-parallel group: TP/PP ranks hold the same tokens)."""
     import torch
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t.tolist()
 
 
@@ -141,7 +142,7 @@ def evaluate(strategy: Any, model: Any, hf_model: Any, config: Any, pad_id: int 
             logits = strategy.forward(model, batch)
             total += float(token_loss_sum(logits, batch["labels"]))
             count += count_label_tokens(batch["labels"])
-    total, count = _all_reduce_sum([total, float(count)], strategy.device)
+    total, count = _all_reduce_sum([total, float(count)], strategy.device, strategy.dp_group)
     model.train()
     if count == 0:
         raise CptError("evaluation data has no label tokens")
@@ -261,7 +262,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
                 batches.append(batch)
             local = [sum(count_label_tokens(b["labels"]) for b in batches),
                      sum(int(b["lengths"].sum()) for b in batches)]
-            n_tokens, n_input = _all_reduce_sum([float(local[0]), float(local[1])], strategy.device)
+            n_tokens, n_input = _all_reduce_sum([float(local[0]), float(local[1])], strategy.device, strategy.dp_group)
             normaliser = strategy.dp_size / n_tokens if n_tokens > 0 else 0.0
             lr = scheduler.get_last_lr()[0] if scheduler is not None else config.optimizer.lr
             loss_sum = 0.0
@@ -275,7 +276,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad()
-            (loss_total,) = _all_reduce_sum([loss_sum], strategy.device)
+            (loss_total,) = _all_reduce_sum([loss_sum], strategy.device, strategy.dp_group)
             state.step += 1
             state.micro_batches += accum
             state.tokens_seen += int(n_input)
