@@ -52,6 +52,8 @@ class PrepareArgs:
     overwrite: bool = False
     command: str = ""
     progress: bool = False
+    chunk_bytes: int = 1 << 20  # input bytes tokenized per chunk (bounds memory; ~0.3-1 M tokens)
+    chunk_records: int = 1000  # records per chunk at most
 
 
 def _validate(args: PrepareArgs) -> None:
@@ -172,7 +174,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
                     stats[i].files.add(rec.path)
                     yield rec
 
-            return iter(ChunkStream(records(), to_item, executor))
+            return iter(ChunkStream(records(), to_item, executor, args.chunk_records, args.chunk_bytes))
 
         return make
 
