@@ -126,12 +126,14 @@ def cpt_run(model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["small", "smollm2"], default="small")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--skip", type=int, default=2, help="warm-up steps not timed")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2, help="bare/cpt pairs, alternating")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS of both sides (1 keeps a shared machine's noise down; 0 = leave unset)")
     ap.add_argument("--bare-child", nargs=2, metavar=("MODEL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -141,6 +143,9 @@ def main() -> None:
         return
 
     from _machine import print_table, write_result
+
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by both subprocesses
 
     with tempfile.TemporaryDirectory(prefix="cpt-bench-overhead-") as tmp:
         work = Path(tmp)
