@@ -38,10 +38,10 @@ def tiny_model(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", vocab_size=128)
 
 
-def run_worker(model: Path, out: Path, name: str, *sets: str, accum: int = 2) -> dict:
+def run_worker(model: Path, out: Path, name: str, *sets: str, accum: int = 2, nproc: int = 2) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CPT_TEST_ACCUM": str(accum), "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(WORKER), str(model), str(out / "result.json"), name, *sets]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:
