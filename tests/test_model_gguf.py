@@ -29,6 +29,85 @@ def test_import_refuses_bad_input(tmp_path: Path, cpt_cli) -> None:
     assert code == 1 and "GGUF file not found" in out
 
 
+def write_tiny_sentencepiece_gguf(path: Path, sp_model: Path, hidden: int = 64, layers: int = 2) -> Path:
+    """A random-init 2-layer LLaMA GGUF carrying a real SentencePiece vocabulary (f32),
+    written with gguf-py's GGUFWriter the way llama.cpp's converter lays it out."""
+    import gguf
+    import numpy as np
+
+    from cptcore.tokenizer.sources import load_model_proto
+
+    proto = load_model_proto(sp_model)
+    heads, kv, ffn, vocab = 4, 2, 128, len(proto.pieces)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-sentencepiece")
+    w.add_context_length(2048)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece.encode() for p in proto.pieces])
+    w.add_token_scores([p.score for p in proto.pieces])
+    w.add_token_types([int(p.type) for p in proto.pieces])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    rng = np.random.default_rng(0)
+
+    def rand(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    rand("token_embd.weight", vocab, hidden)
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        rand(f"blk.{i}.attn_q.weight", hidden, hidden)
+        rand(f"blk.{i}.attn_k.weight", hidden * kv // heads, hidden)
+        rand(f"blk.{i}.attn_v.weight", hidden * kv // heads, hidden)
+        rand(f"blk.{i}.attn_output.weight", hidden, hidden)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        rand(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        rand(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        rand(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    rand("output.weight", vocab, hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_import_sentencepiece_gguf(tmp_path: Path, mistral_sp_model: Path, cpt_cli) -> None:
+    """A SentencePiece GGUF (Mistral v1 vocabulary): the folder gets a real
+    tokenizer.model and a fast tokenizer that encode like sentencepiece, BOS included."""
+    import sentencepiece as spm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = write_tiny_sentencepiece_gguf(tmp_path / "tiny.gguf", mistral_sp_model)
+    code, out = cpt_cli("model", "import-gguf", str(gguf_file), "--out", str(tmp_path / "hf"))
+    assert code == 0, out
+    folder = tmp_path / "hf"
+    assert (folder / "tokenizer.model").stat().st_size < 1_000_000  # a SentencePiece model, not the GGUF
+    sp = spm.SentencePieceProcessor(model_file=str(mistral_sp_model))
+    fast = AutoTokenizer.from_pretrained(folder)
+    slow = AutoTokenizer.from_pretrained(folder, use_fast=False)
+    assert (fast.bos_token, fast.eos_token, fast.unk_token) == ("<s>", "</s>", "<unk>")
+    lines = [json.loads(r)["text"].split("\n") for r in bundled("zh_law_heldout.jsonl").open(encoding="utf-8")]
+    lines = [line for doc in lines for line in doc][:400] + ["Hello  world", "  indented line", "x = 1"]
+    want = [[1] + ids for ids in sp.encode(lines)]  # add_bos_token from the GGUF
+    assert fast(lines)["input_ids"] == want
+    assert [slow.encode(line) for line in lines] == want
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.vocab_size == 32000 and model.config.eos_token_id == 2
+
+
 @pytest.mark.slow
 def test_imported_folder_is_clean(smollm2_dir: Path) -> None:
     from transformers import AutoTokenizer

@@ -47,11 +47,11 @@ def write_sentencepiece_folder(model_bytes: bytes, base: Path, out: Path):
         stale.unlink()
     fast = AutoTokenizer.from_pretrained(out, use_fast=True)  # converts tokenizer.model -> fast
     fast.save_pretrained(out)
-    _drop_default_prefix_space(out / "tokenizer_config.json")
+    drop_default_prefix_space(out / "tokenizer_config.json")
     return AutoTokenizer.from_pretrained(out, use_fast=True)
 
 
-def _drop_default_prefix_space(config_path: Path) -> None:
+def drop_default_prefix_space(config_path: Path) -> None:
     """Remove ``"add_prefix_space": true`` from a Llama tokenizer config.
 
     ``LlamaTokenizerFast`` (transformers 4.51) re-converts ``tokenizer.model`` on *every*
