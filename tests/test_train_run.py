@@ -276,3 +276,13 @@ def test_cli_train_export_generate(env, tmp_path, cpt_cli):
     code, output = cpt_cli("generate", str(out / "final"), "--prompt", "床前明月光", "--max-new-tokens", "4")
     assert code == 0, output
     assert output.startswith("床前明月光")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_checkpoints(env, tmp_path, precision):
+    """bf16 autocast; fp16 autocast with dynamic loss scaling (scaler state checkpointed)."""
+    out = tmp_path / precision
+    _train(run_config(out, env["model"], [str(env["train"])], strategy__precision=precision, training__max_steps=2))
+    rows = _metrics(out)
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    assert (out / "checkpoints" / "step-2" / "grad_scaler.pt").is_file() == (precision == "fp16")
