@@ -115,6 +115,7 @@ def test_tokens_per_cjk_char_falls(expanded) -> None:
     assert before["tokens_per_cjk_char"] == pytest.approx(1.196, abs=0.01)
     assert after["tokens_per_cjk_char"] < 0.75 * before["tokens_per_cjk_char"]
     assert after["tokens_per_char"] < before["tokens_per_char"]
+    assert report["fast_vs_sentencepiece_disagreements"] == 0 and report["eval_lines"] == 987
     assert json.loads((out / "expand_report.json").read_text(encoding="utf-8")) == json.loads(json.dumps(report))
 
 
@@ -157,13 +158,20 @@ def test_bad_bases_and_outputs(tmp_path: Path, smollm2_tokenizer_dir: Path, zh_s
     assert (tmp_path / "busy" / "keep.txt").is_file() and (tmp_path / "busy" / "tokenizer.json").is_file()
 
 
-def test_expand_cli(cpt_cli, tmp_path: Path, mistral_sp_model: Path, zh_sp_model: Path) -> None:
+def test_expand_cli(cpt_cli, tmp_path: Path, mistral_sp_model: Path, zh_sp_model: Path, mistral_tokenizer_dir: Path) -> None:
     code, out = cpt_cli(
         "tokenizer", "expand", "--base", str(mistral_sp_model), "--add", str(zh_sp_model), "--out", str(tmp_path / "o"),
         "--eval-text", str(bundled("zh_law_heldout.jsonl")),
     )
     assert code == 0, out
     assert "vocabulary before" in out and "32000" in out and "tokens_per_cjk_char" in out
+    # a base folder saved with legacy=False: the report shows the known leading-space gap
+    code, out = cpt_cli(
+        "tokenizer", "expand", "--base", str(mistral_tokenizer_dir), "--add", str(zh_sp_model), "--out", str(tmp_path / "l"),
+        "--eval-text", str(DATA / "en_python_docs_sample.jsonl"),
+    )
+    report = json.loads((tmp_path / "l" / "expand_report.json").read_text(encoding="utf-8"))
+    assert code == 0 and report["fast_vs_sentencepiece_disagreements"] > 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"piece": "a"}\n{"piece": null}\n', encoding="utf-8")
     code, out = cpt_cli("tokenizer", "expand", "--base", str(mistral_sp_model), "--add", str(bad), "--out", str(tmp_path / "p"))

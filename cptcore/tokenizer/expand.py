@@ -80,7 +80,9 @@ def expand_tokenizer(
     Returns:
         The report: method, vocab_before/after, added, intermediate, skipped by reason,
         first added pieces, and (with ``eval_text``) tokens per character before/after
-        (:func:`.report.compression`).
+        (:func:`.report.compression`); for SentencePiece also the number of eval-text
+        lines on which the saved fast tokenizer and sentencepiece disagree (expected 0;
+        a base folder saved with ``legacy=False`` differs on lines starting with spaces).
 
     Raises:
         CptError: unknown method, base not of the method's kind, target vocabulary
@@ -102,10 +104,14 @@ def expand_tokenizer(
         specials = _folder_specials(base_p) if base_p.is_dir() else set()
         model_bytes, res = merge_into_sentencepiece(sp_file, candidates, specials, target_vocab)
         prepare_out_dir(out_p, overwrite)
-        write_sentencepiece_folder(model_bytes, base_p, out_p)
+        fast = write_sentencepiece_folder(model_bytes, base_p, out_p)
         intermediate: list[str] = []
         if texts is not None:
             before, after = _sp_encoder(sp_file.read_bytes()), _sp_encoder(model_bytes)
+            lines = [line for t in texts for line in t.split("\n")]
+            fast_ids = hf_encoder(fast)(lines)
+            report["eval_lines"] = len(lines)
+            report["fast_vs_sentencepiece_disagreements"] = sum(a != b for a, b in zip(after(lines), fast_ids))
     else:
         from transformers import AutoTokenizer
 

@@ -99,6 +99,11 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row("intermediate tokens", str(report["intermediate"]))
     for reason, count in report["skipped"].items():
         table.add_row(f"skipped: {reason}", str(count))
+    if "fast_vs_sentencepiece_disagreements" in report:
+        table.add_row(
+            "fast tokenizer ≠ sentencepiece (eval lines)",
+            f"{report['fast_vs_sentencepiece_disagreements']} / {report['eval_lines']}",
+        )
     ev = report.get("eval")
     if ev:
         for key in ("tokens_per_char", "tokens_per_cjk_char"):
