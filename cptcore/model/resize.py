@@ -2,6 +2,8 @@
 
 The new tokenizer must *extend* the model's own one (saved in the model folder): ids
 ``0 .. len(old)-1`` name the same tokens in both; new tokens take the ids after them.
+A model whose embedding has padding rows beyond its tokenizer (rows ``len(old) ..
+rows-1``, never produced by the old tokenizer) gets them initialised like new rows.
 
 Initialisation of the rows of new ids (``--init``):
 
