@@ -52,6 +52,6 @@ def add_lora(model, lora_cfg):
 @hookimpl(wrapper=True)
 def cpt_build_model(config):
     model = yield
-    if model is None or not config.lora.enabled:
+    if model is None or getattr(getattr(config, "lora", None), "enabled", False) is not True:
         return model
     return add_lora(model, config.lora)
