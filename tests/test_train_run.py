@@ -258,6 +258,13 @@ def test_lora_adapter_peft_loadable_and_export(env, tmp_path, cpt_cli):
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(merged(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+    # resuming a LoRA run from step 1 reproduces step 2 exactly
+    res = tmp_path / "lora_resumed"
+    _train(run_config(res, env["model"], [str(env["train"])], lora__enabled=True, lora__r=4, lora__dropout=0.0,
+                      training__max_steps=2, checkpointing__save_every=1, optimizer__lr=1e-2,
+                      checkpointing__resume=str(out / "checkpoints" / "step-1")))
+    a, b = _weights(out / "final"), _weights(res / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cli_train_export_generate(env, tmp_path, cpt_cli):

@@ -322,3 +322,93 @@ def test_validate_checkpoint_partial_and_corrupt(tmp_path):
     (bad / "trainer_state.json").write_text('{"step": 2, "world_size": 1}')
     with pytest.raises(CptError, match="missing model"):
         validate_checkpoint(bad)
+
+
+# ------------------------------------------------------------------ model loading and batch size
+def test_attention_choice_on_cpu():
+    from cptcore.model.load import choose_attention
+
+    impl, why = choose_attention("auto")
+    if not torch.cuda.is_available():
+        assert impl == "sdpa" and "block-diagonal" in why
+        with pytest.raises(ConfigError, match="needs the flash-attn package and CUDA"):
+            choose_attention("flash_attention_2")
+    assert choose_attention("eager") == ("eager", "as configured")
+    with pytest.raises(ConfigError, match="unknown 'fast'"):
+        choose_attention("fast")
+
+
+def test_gguf_imported_once_into_cache(tmp_path, monkeypatch):
+    from cptcore.model import load
+
+    calls = []
+
+    def fake_import(path, out, overwrite=False):
+        calls.append(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")
+        (out / "tokenizer.json").write_text("{}")
+        return out
+
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("cptcore.model.gguf.import_gguf", fake_import)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    a = load.resolve_hf_folder(str(gguf))
+    b = load.resolve_hf_folder(str(gguf))
+    assert a == b and a.parent == tmp_path / "cache" / "gguf" and len(calls) == 1
+    bad = tmp_path / "m.bin"
+    bad.write_text("x")
+    with pytest.raises(ConfigError, match="is not a .gguf file"):
+        load.check_model_path(str(bad))
+
+
+def test_trust_remote_code_off_unless_asked(tmp_path, monkeypatch):
+    from cptcore.config import ModelConfig
+    from cptcore.model import load
+    from cptcore.testing import make_tiny_llama
+
+    make_tiny_llama(tmp_path, vocab_size=40)
+    seen = {}
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    model = load.load_model(ModelConfig(path=str(tmp_path), gradient_checkpointing=True), log=lambda m: None)
+    assert seen["trust_remote_code"] is False and seen["attn_implementation"] in ("sdpa", "flash_attention_2")
+    assert model.is_gradient_checkpointing
+
+
+def test_global_batch_tokens_sets_accumulation():
+    from cptcore.config import load_config
+    from cptcore.train.build import accumulation_steps
+
+    cfg = load_config(None, overrides={"training.global_batch_tokens": 10000, "training.micro_batch_size": 2})
+    assert accumulation_steps(cfg, seq_len=1024, dp_size=2) == 3  # ceil(10000 / 4096)
+    assert accumulation_steps(load_config(None, overrides={"training.accumulation_steps": 5}), 1024, 2) == 5
+    with pytest.raises(ConfigError, match="needs max_length"):
+        accumulation_steps(cfg, seq_len=None, dp_size=1)
+
+
+def test_lora_train_embeddings_and_freeze(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from cptcore.builtin_plugins.lora import add_lora
+    from cptcore.config import LoraConfig
+    from cptcore.testing import make_tiny_llama
+    from cptcore.train.build import apply_freeze
+
+    make_tiny_llama(tmp_path, vocab_size=40)
+    m = add_lora(AutoModelForCausalLM.from_pretrained(tmp_path), LoraConfig(enabled=True, train_embeddings=True))
+    names = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in names) and any("embed_tokens.modules_to_save" in n for n in names)
+    with pytest.raises(ConfigError, match="match no module"):
+        add_lora(AutoModelForCausalLM.from_pretrained(tmp_path), LoraConfig(enabled=True, target_modules=["qkv"]))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert apply_freeze(plain, "non-embeddings") == 40 * 64
+    assert [n for n, p in plain.named_parameters() if p.requires_grad] == ["model.embed_tokens.weight"]
