@@ -154,7 +154,7 @@ def make_plugin_manager(
             short = dotted.rsplit(".", 1)[1]
             if short in blocked_names or dotted in blocked_names:
                 continue
-            pm.register_from(importlib.import_module(dotted), short, "builtin")
+            pm.register_from(importlib.import_module(dotted), short, "builtin", _cptcore_version())
 
     if entrypoints:
         _load_entry_points(pm, blocked_names)
@@ -175,6 +175,12 @@ def make_plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin '{exc.plugin_name if hasattr(exc, 'plugin_name') else exc.plugin}': {exc}") from exc
     return pm
+
+
+def _cptcore_version() -> str:
+    from . import __version__
+
+    return f"cptcore {__version__}"
 
 
 def _load_entry_points(pm: CptPluginManager, blocked: set[str]) -> None:

@@ -102,7 +102,7 @@ def add_listing_commands(app: typer.Typer, pm: Any) -> None:
 
         table = Table(title="cptcore plugins")
         for col in ("plugin", "version", "source", "hooks", "provides"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for row in rows:
             if row["error"]:
                 table.add_row(row["plugin"], "", row["source"], f"[red]failed to load: {row['error']}[/red]", "")
@@ -110,13 +110,22 @@ def add_listing_commands(app: typer.Typer, pm: Any) -> None:
                 table.add_row(
                     row["plugin"], row["version"], row["source"], "\n".join(row["hooks"]), "\n".join(row["provides"])
                 )
-        console = Console()
+        console = _console()
         console.print(table)
         for err in errors:
             console.print(f"[red]registry error:[/red] {err}")
 
     for kind in REGISTRY_KINDS:
         _add_registry_command(app, pm, kind)
+
+
+def _console():
+    """A rich console; wide (160 columns) when output is not a terminal, so piped
+    listings keep whole names."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def registry_rows(pm: Any, key: str) -> list[dict[str, Any]]:
@@ -216,11 +225,11 @@ def print_registry_table(title: str, rows: list[dict[str, Any]]) -> None:
 
     table = Table(title=title)
     for col in ("name", "aliases", "provider", "description", "options"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     from rich.markup import escape
 
     for row in rows:
         table.add_row(*(escape(x) for x in (row["name"], ", ".join(row["aliases"]), row["provider"], row["description"], row["options"])))
     if not rows:
         table.caption = "none registered"
-    Console().print(table)
+    _console().print(table)
