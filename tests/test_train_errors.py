@@ -70,6 +70,7 @@ def test_tokenizer_mismatch(cpt_cli, env, tmp_path):
     code, output = _run(cpt_cli, env, tmp_path, data=env["other"])
     line = _one_line(output)
     assert code == 1 and f"{env['other']}: tokenizer mismatch" in line and "sha256:" in line
+    assert not (tmp_path / "out").exists()  # refused before the run started
 
 
 def test_empty_dataset(cpt_cli, env, tmp_path):

@@ -47,9 +47,13 @@ def resolve_hf_folder(path: str) -> Path:
     st = p.stat()
     key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_dir() / "gguf" / key
-    if not (out / "config.json").is_file() or not (out / "tokenizer.json").is_file():
-        print(f"cptcore: importing {p.name} into {out} (once)", file=sys.stderr)
-        import_gguf(p, out, overwrite=True)
+    from filelock import FileLock
+
+    # several ranks (or runs) may start at once: one imports, the others wait for it
+    with FileLock(str(out) + ".lock"):
+        if not (out / "config.json").is_file() or not (out / "tokenizer.json").is_file():
+            print(f"cptcore: importing {p.name} into {out} (once)", file=sys.stderr)
+            import_gguf(p, out, overwrite=True)
     return out
 
 

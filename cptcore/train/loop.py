@@ -86,6 +86,10 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
         pm.registry("noise").get(config.noise.name)
     for name in config.logging.loggers:
         pm.registry("loggers").get(name)
+    from ..model.load import load_tokenizer
+    from .data import check_sources
+
+    check_sources([parse_source(s) for s in [*config.data.train, *config.data.eval]], load_tokenizer(config.model))
     resume = resolve_resume(config.checkpointing.resume, t.out_dir)
     if resume is not None:
         validate_checkpoint(resume)
