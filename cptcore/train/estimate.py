@@ -37,7 +37,7 @@ flash attention and SDPA's memory-efficient kernels, which never materialise the
 ``s x s`` scores. LLaMA's SwiGLU MLP and RMSNorm differ from the GPT layer that
 formula was derived for: treat the result as an estimate. fp32 activations double it.
 The output layer adds ``s·b·V·(2 + 4)`` bytes (half-precision logits and the fp32 copy
-our token-summed cross-entropy makes). Under 1F1B pipelining each stage holds up to
+our token-summed cross-entropy makes; hybrid3d gathers logits over TP, so no /t). Under 1F1B pipelining each stage holds up to
 ``min(pp, m)`` in-flight pipeline micro-batches of ``b/m`` rows for its ``L/pp`` layers
 (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters
 Using Megatron-LM", section 2.2).
@@ -181,7 +181,7 @@ def activations(shape: ModelShape, plan: Plan) -> tuple[float, float]:
         b, in_flight = float(plan.micro_batch_size), 1
     h, a = shape.hidden_size, shape.num_attention_heads
     per_layer = layer_activation_bytes(s, b, h, a, tp=plan.tp, sp_in_tp=plan.sp_in_tp, scores=scores)
-    logits = s * b * shape.vocab_size * (2 + 4) / plan.tp if plan.pp == 1 else s * b * shape.vocab_size * 6
+    logits = s * b * shape.vocab_size * (2 + 4)  # gathered over tp (parallel_output=False); last pp stage
     full = (layers * per_layer * in_flight) * scale + logits
     ckpt = (layers * 2 * s * b * h * in_flight) * scale + logits
     return full, ckpt
