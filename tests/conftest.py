@@ -45,7 +45,7 @@ def mistral_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, mistral_sp_m
     from transformers import AutoTokenizer, LlamaTokenizer
 
     out = tmp_path_factory.mktemp("mistral_tok")
-    LlamaTokenizer(vocab_file=str(mistral_sp_model), legacy=False).save_pretrained(out)
+    LlamaTokenizer(vocab_file=str(mistral_sp_model), legacy=True).save_pretrained(out)
     AutoTokenizer.from_pretrained(out).save_pretrained(out)  # adds tokenizer.json
     return out
 

@@ -92,7 +92,7 @@ def test_llama2_multi_turn_with_system_exact_mistral(cpt_pm, mistral_tokenizer_d
     ids, labels = encode(cpt_pm, mistral_tokenizer_dir, "llama2", TWO_TURNS)
     tok = load_tokenizer(str(mistral_tokenizer_dir))
     assert tok.convert_ids_to_tokens(ids[19:27]) == ["▁[", "/", "INST", "]", "▁Bon", "jour", "▁", "</s>"]
-    assert ids[:4] == [1, 28792, 16289, 28793] and ids.count(2) == 2 and ids.count(1) == 2
+    assert ids[:4] == [1, 733, 16289, 28793]  # "<s>[INST]": sentencepiece (legacy) prefix space and ids.count(2) == 2 and ids.count(1) == 2
     trained = [(i, x) for i, x in enumerate(labels) if x != M]
     # "▁Bon" starts with the space that belongs to the masked "[/INST] ": offsets overlap
     # the assistant span, so it is trained; the mask is not shifted.
@@ -104,9 +104,11 @@ def test_colossal_seed_format_exact_mistral(cpt_pm, mistral_tokenizer_dir):
     from cptcore.builtin_plugins.chat_templates import ColossalOptions
 
     ids, labels = encode(cpt_pm, mistral_tokenizer_dir, "colossal", TWO_TURNS, options=ColossalOptions(system=""))
-    assert ids == [1, 3574, 6817, 28723, 28769, 6366, 28747, 28705, 1, 5365, 2, 7226, 11143, 28747, 28705, 1, 28244, 18777, 2,
-                   28769, 6366, 28747, 28705, 1, 27159, 2, 7226, 11143, 28747, 28705, 1, 18461, 329, 2]
-    assert [x for x in labels if x != M] == [28244, 18777, 2, 18461, 329, 2]
+    # legacy (sentencepiece-consistent) Mistral tokenizer: text after a special token
+    # gets sentencepiece's dummy-prefix "▁" ("<s>" "▁hi"), as in the seed's LLaMA tokenizer
+    assert ids == [1, 1739, 6817, 28723, 28769, 6366, 28747, 28705, 1, 12014, 2, 21631, 28747, 28705, 1, 8500, 18777, 2,
+                   10649, 28747, 28705, 1, 1076, 2, 21631, 28747, 28705, 1, 4902, 329, 2]
+    assert [x for x in labels if x != M] == [8500, 18777, 2, 4902, 329, 2]
 
 
 def test_template_needing_special_tokens_the_tokenizer_lacks_is_refused(cpt_pm, smollm2_tokenizer_dir, mistral_tokenizer_dir):
