@@ -45,10 +45,13 @@ def runtime_floor_mb() -> float:
     return float(proc.stdout.strip().splitlines()[-1])
 
 
+EXTRA_SETS: list[str] = []  # --set items from the command line (e.g. strategy.gradient_as_bucket_view=true)
+
+
 def train_args(model: Path, data: Path, out: Path, steps: int, batch: int) -> list[str]:
     return ["train", "--model", str(model), "--data", str(data), "--out", str(out), "--strategy", "ddp",
             "--max-steps", str(steps), "--micro-batch-size", str(batch), "--set", "logging.progress=false",
-            "--set", "strategy.precision=fp32"]
+            "--set", "strategy.precision=fp32", *[x for item in EXTRA_SETS for x in ("--set", item)]]
 
 
 def dry_run_estimate(model: Path, data: Path, out: Path, steps: int, batch: int) -> tuple[dict, str]:
@@ -68,7 +71,7 @@ def dry_run_estimate(model: Path, data: Path, out: Path, steps: int, batch: int)
         "model.path": str(model), "data.train": [str(data)], "training.out_dir": str(out),
         "training.max_steps": steps, "training.micro_batch_size": batch, "strategy.name": "ddp",
         "strategy.precision": "fp32",
-    })
+    }, sets=EXTRA_SETS)
     mem = plan_dry_run(cfg, make_plugin_manager(entrypoints=False), 1).memory
     keep = ("parameters", "gradients", "optimizer states", "activations")
     return {label: value / 2**20 for label, value in mem.rows() if label in keep}, proc.stdout.strip()
@@ -79,7 +82,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="extra cpt train --set item, e.g. strategy.gradient_as_bucket_view=true")
+    ap.add_argument("--name", default="memory", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
+    EXTRA_SETS.extend(args.sets)
 
     from _machine import print_table, write_result
     from train_overhead import prepare_data
@@ -114,7 +121,7 @@ def main() -> None:
     ]
     print_table(f"memory: SmolLM2-135M full fine-tune, fp32 AdamW, batch {args.batch} x {args.length}, ddp 1 process (MiB)",
                 ["what", "MiB", "ratio to estimate + floor"], rows)
-    out = write_result("memory", {
+    out = write_result(args.name, {
         "settings": vars(args), "runtime_floor_mb": floor, "estimate_mb": estimate, "estimate_total_mb": est_total,
         "dry_run_output": dry_text[-4000:], "train_peak_rss_mb": train_peak, "process_peak_rss_mb": child_peak,
         "ratio_train_peak_to_estimate_plus_floor": (train_peak / (est_total + floor)) if est_total else None,

@@ -263,7 +263,7 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
         model_dir=str(model_dir), train_data=str(data["train"]), heldout_data=str(data["heldout"]),
         run_dir=str(run_dir), final_dir=str(final_dir), report_png=str(report.curves_png),
         report_md=str(report.summary_md), steps=s.steps, tokens_trained=s.tokens_trained,
-        tokens_per_second=summary.get("tokens_per_second") or s.tokens_per_second,
+        tokens_per_second=s.tokens_per_second,
         loss_first=s.first_loss, loss_last=s.last_loss, heldout_tokens=heldout_tokens,
         perplexity_before=ppl_before, perplexity_after=ppl_after, generation=text,
         step_seconds=timings, total_seconds=round(time.perf_counter() - t_all, 2),
@@ -283,7 +283,7 @@ def print_result(result: QuickstartResult) -> None:
     table.add_column("value")
     table.add_row("steps", f"{r.steps}")
     table.add_row("tokens trained", "n/a" if r.tokens_trained is None else f"{r.tokens_trained:,}")
-    table.add_row("throughput", "n/a" if r.tokens_per_second is None else f"{r.tokens_per_second:,.0f} tokens/s")
+    table.add_row("throughput (median step)", "n/a" if r.tokens_per_second is None else f"{r.tokens_per_second:,.0f} tokens/s")
     table.add_row("training loss first → last", f"{r.loss_first:.3f} → {r.loss_last:.3f}" if r.loss_first is not None else "n/a")
     table.add_row(f"held-out perplexity ({r.heldout_tokens:,} tokens)", f"{r.perplexity_before:.3f} → {r.perplexity_after:.3f}")
     table.add_row("generation", r.generation.replace("\n", " ⏎ "))
