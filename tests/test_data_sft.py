@@ -83,9 +83,22 @@ def test_tokenizer_template_matches_chatml_for_smollm2(cpt_pm, smollm2_tokenizer
     own = encode(cpt_pm, smollm2_tokenizer_dir, "tokenizer", TWO_TURNS[1:])
     ours = encode(cpt_pm, smollm2_tokenizer_dir, "chatml", TWO_TURNS[1:], options=TemplateOptions(system=SMOL_SYSTEM))
     assert own == ours
-    assert sum(1 for x in own[1] if x != M) == len(encode(cpt_pm, smollm2_tokenizer_dir, "chatml", TWO_TURNS)[1]) - sum(
-        1 for x in encode(cpt_pm, smollm2_tokenizer_dir, "chatml", TWO_TURNS)[1] if x == M
-    )
+    assert own[0][:2] == [1, 9690]  # <|im_start|> system: the Jinja default system prompt is there
+
+
+def test_llama3_exact_ids_and_mask(cpt_pm, smollm2_tokenizer_dir, tmp_path):
+    """LLaMA-3's header/eot special tokens added to a real byte-level BPE tokenizer."""
+    from cptcore.builtin_plugins.chat_templates import TemplateOptions
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir))
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.save_pretrained(tmp_path / "tok")
+    ids, labels = encode(cpt_pm, tmp_path / "tok", "llama3", HI_YO, options=TemplateOptions(system="Be brief."))
+    B, H, E, T = 49152, 49153, 49154, 49155
+    assert ids == [B, H, 9690, E, 198, 198, 6077, 5453, 30, T, H, 4093, E, 198, 198, 6004, T, H, 520, 9531, E, 198, 198, 31041, T]
+    assert labels == [M] * 23 + [31041, T]  # "yo" + <|eot_id|>
 
 
 def test_llama2_multi_turn_with_system_exact_mistral(cpt_pm, mistral_tokenizer_dir):
