@@ -9,6 +9,7 @@ usual token strings are used and no vocabulary check is made.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -33,24 +34,27 @@ class ColossalOptions:
     system: str = COLOSSAL_SYSTEM  # the seed's default system prompt
 
 
-_vocab_checked: dict[tuple[int, tuple[str, ...]], bool] = {}
+_vocab_checked: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
 
 
 def require_tokens(tokenizer: Any, template: str, tokens: Sequence[str]) -> None:
     """Raise ConfigError when the tokenizer lacks a special token the template writes
-    (it would be split into ordinary pieces and the template would be meaningless)."""
+    (it would be split into ordinary pieces and the template would be meaningless).
+    Checked once per tokenizer object."""
     if tokenizer is None:
         return
-    key = (id(tokenizer), tuple(tokens))
-    if key not in _vocab_checked:
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in tokens if t not in vocab]
-        if missing:
-            raise ConfigError(
-                f"chat template '{template}' needs the special token(s) {', '.join(missing)}, "
-                f"which tokenizer {getattr(tokenizer, 'name_or_path', '')} lacks; pick another --template"
-            )
-        _vocab_checked[key] = True
+    key = tuple(tokens)
+    done = _vocab_checked.setdefault(tokenizer, set())
+    if key in done:
+        return
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise ConfigError(
+            f"chat template '{template}' needs the special token(s) {', '.join(missing)}, "
+            f"which tokenizer {getattr(tokenizer, 'name_or_path', '')} lacks; pick another --template"
+        )
+    done.add(key)
 
 
 def _bos_eos(tokenizer: Any) -> tuple[str, str]:
