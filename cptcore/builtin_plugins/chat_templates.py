@@ -128,6 +128,8 @@ def render_colossal(messages, *, tokenizer=None, options=None) -> list[Segment]:
     <s>{answer}</s>`` after a leading BOS (colossal_llama/dataset/conversation.py)."""
     bos, eos = _bos_eos(tokenizer)
     system, msgs = _system(messages, options if options is not None else ColossalOptions())
+    if system and not system.endswith("\n"):
+        system += "\n\n"  # the seed's default prompt ends with a blank line; keep that shape
     segs = [Segment(f"{bos}{system}")]
     for m in msgs:
         if m["role"] == "assistant":
