@@ -119,7 +119,8 @@ def test_colossal_seed_format_exact_mistral(cpt_pm, mistral_tokenizer_dir):
     ids, labels = encode(cpt_pm, mistral_tokenizer_dir, "colossal", TWO_TURNS, options=ColossalOptions(system=""))
     # legacy (sentencepiece-consistent) Mistral tokenizer: text after a special token
     # gets sentencepiece's dummy-prefix "▁" ("<s>" "▁hi"), as in the seed's LLaMA tokenizer
-    assert ids == [1, 1739, 6817, 28723, 28769, 6366, 28747, 28705, 1, 12014, 2, 21631, 28747, 28705, 1, 8500, 18777, 2,
+    # <s> ▁Be ▁brief . \n \n H uman : ▁ <s> ▁hi </s> ...: a custom system prompt gets the blank line
+    assert ids == [1, 1739, 6817, 28723, 13, 13, 28769, 6366, 28747, 28705, 1, 12014, 2, 21631, 28747, 28705, 1, 8500, 18777, 2,
                    10649, 28747, 28705, 1, 1076, 2, 21631, 28747, 28705, 1, 4902, 329, 2]
     assert [x for x in labels if x != M] == [8500, 18777, 2, 4902, 329, 2]
 
