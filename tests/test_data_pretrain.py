@@ -393,3 +393,11 @@ def test_overwrite_only_replaces_a_prepared_folder(cpt_pm, mistral_tokenizer_dir
     run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=4)
     run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "out", max_length=8, overwrite=True)
     assert read_manifest(tmp_path / "out")["max_length"] == 8
+
+
+def test_progress_bar_reports_bytes_documents_and_throughput(cpt_pm, mistral_tokenizer_dir, data_dir, tmp_path, capsys):
+    run(cpt_pm, mistral_tokenizer_dir, [data_dir / "zh_poetry_sample.jsonl"], tmp_path / "out", max_length=512, progress=True)
+    err = capsys.readouterr().err
+    size_kb = (data_dir / "zh_poetry_sample.jsonl").stat().st_size / 1000
+    assert "prepare pretrain" in err and "467 docs" in err and "tok/s" in err
+    assert f"{size_kb:.1f}/{size_kb:.1f} kB" in err  # every byte accounted for
