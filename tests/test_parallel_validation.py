@@ -108,8 +108,6 @@ REFUSED = [
      {"training.micro_batch_size": 2}, "ZeRO stage 0 or 1 with pipeline"),
     ("hybrid3d", 2, ["strategy.zero_stage=1"], {}, "precision fp32 is not supported (ZeRO stage 1 under hybrid"),
     ("hybrid3d", 2, ["strategy.num_microbatches=2"], {}, "num_microbatches is for pipeline parallelism"),
-    ("hybrid3d", 2, ["strategy.sp_size=2", "strategy.sequence_parallelism_mode=ring_attn"], {},
-     "ring_attn needs enable_flash_attention"),
     ("hybrid3d", 2, ["strategy.tp_size=2", "strategy.pp_size=1", "strategy.tp_sizee=2"], {}, "did you mean 'tp_size'"),
     ("gemini", 2, [], {}, "gemini: precision fp32 is not supported"),
     ("gemini", 2, ["strategy.precision=bf16"], {"lora.enabled": True}, "GeminiPlugin.enable_lora is not implemented"),
@@ -138,5 +136,9 @@ def test_cpu_only_refusals(cpt_pm, tmp_path):
         _validate(cpt_pm, tmp_path, "gemini_auto", sets=["strategy.precision=bf16"])
     with pytest.raises(ConfigError, match="gradient accumulation \\(2 micro-batches\\) over 2 ranks"):
         _validate(cpt_pm, tmp_path, "gemini", sets=["strategy.precision=bf16"], **{"training.accumulation_steps": 2})
+    for mode in ("split_gather", "all_to_all"):
+        sp = ["strategy.tp_size=2"] if mode == "split_gather" else ["strategy.sp_size=2"]
+        with pytest.raises(ConfigError, match=f"sequence_parallelism_mode={mode} needs NCCL collectives"):
+            _validate(cpt_pm, tmp_path, "hybrid3d", sets=[*sp, f"strategy.sequence_parallelism_mode={mode}"])
     # one rank accumulates correctly
     _validate(cpt_pm, tmp_path, "gemini", world=1, sets=["strategy.precision=bf16"], **{"training.accumulation_steps": 2})

@@ -61,6 +61,7 @@ CASES = {
     "zero1": (["zero1", BF16], 2),
     "zero2": (["zero2", BF16], 2),
     "zero2_cpu": (["zero2_cpu", BF16], 2),
+    "zero2_fp16": (["zero2", "strategy.precision=fp16"], 2),  # dynamic loss scale; norm reported unscaled
     # Gemini's accumulation across ranks is refused on CPU (see test_parallel_validation)
     "gemini": (["gemini", BF16], 1),
     "hybrid3d_tp2": (["hybrid3d", "strategy.tp_size=2", BF16], 2),

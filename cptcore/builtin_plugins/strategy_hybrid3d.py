@@ -10,7 +10,8 @@ Korthikanti et al. 2022 for sequence parallelism).
   :class:`~cptcore.train.sharded.PipelineStrategy` keeps the loop's token-weighted
   loss, gradient accumulation and LR schedule.
 * ``sp_size`` / ``sequence_parallelism_mode``: ``split_gather``/``ring`` inside the TP
-  group, ``all_to_all`` on its own axis; ``ring_attn`` needs flash attention (GPU).
+  group, ``all_to_all`` on its own axis; ``ring_attn`` needs flash attention. GPU only:
+  gloo has no ``reduce_scatter``/``all_to_all``, so it is refused on CPU.
 * ``zero_stage``: 0, 1 or 2 over the data-parallel axis (ColossalAI: at most 1 with
   pipeline parallelism; ZeRO refuses fp32).
 
@@ -51,6 +52,12 @@ class Hybrid3DOptions:
     make_vocab_size_divisible_by: int = 64
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _sizes(opts: Hybrid3DOptions) -> tuple[int, int, int | None, str | None]:
     return opts.tp_size, opts.pp_size, opts.sp_size, opts.sequence_parallelism_mode
 
@@ -75,6 +82,9 @@ def validate_hybrid3d(options: Hybrid3DOptions | None, config, world_size: int, 
     check_microbatches(name, pp, opts.num_microbatches, config.training.micro_batch_size)
     if opts.zero_stage > 0:
         check_precision(name, config.strategy.precision, ("bf16", "fp16"), f"ZeRO stage {opts.zero_stage} under hybrid parallelism")
+    if mode is not None and not _has_cuda():
+        raise ConfigError(f"{name}: sequence_parallelism_mode={mode} needs NCCL collectives (gloo has no "
+                          f"reduce_scatter / all_to_all); sequence parallelism is GPU only")
     if mode == "ring_attn" and not opts.enable_flash_attention:
         raise ConfigError(f"{name}: sequence_parallelism_mode=ring_attn needs enable_flash_attention=true (GPU with flash-attn)")
     check_model(name, model_config, tp=tp, pp=pp, sp=layout.sp, sp_mode=mode)

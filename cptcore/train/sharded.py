@@ -35,6 +35,21 @@ def plugin_max_norm(grad_clip: float) -> float:
     return grad_clip if grad_clip and grad_clip > 0 else NO_CLIP
 
 
+def loss_scale(optimizer: Any) -> float:
+    """The fp16 dynamic loss scale of a ColossalAI optimizer wrapper (1.0 for bf16/fp32).
+
+    ZeRO, Gemini and the hybrid AMP optimizers measure the gradient norm on the scaled
+    gradients, so the reported norm is divided by this. Their mixin attribute is named
+    ``mixed_precision_mixin`` (LowLevelZero), ``mixed_precision`` (MixedPrecisionOptimizer)
+    or ``mix_precision_mixin`` (Gemini)."""
+    for attr in ("mixed_precision_mixin", "mixed_precision", "mix_precision_mixin"):
+        mixin = getattr(optimizer, attr, None)
+        scale = getattr(mixin, "loss_scale", None) if mixin is not None else None
+        if scale is not None:
+            return float(scale)
+    return 1.0
+
+
 class ShardedStrategy(Strategy):
     """A :class:`Strategy` whose plugin clips gradients and may shard parameters.
 
@@ -113,11 +128,12 @@ class ShardedStrategy(Strategy):
     def clip_and_step(self, optimizer: Any, max_norm: float) -> float:
         """Step (the plugin unscales and clips to the ``max_norm`` it was built with);
         return the pre-clip global gradient L2 norm, or NaN if the plugin kept none."""
+        scale = loss_scale(optimizer)  # read before step: the scaler may change it
         optimizer.step()
         norm = optimizer.get_grad_norm() if hasattr(optimizer, "get_grad_norm") else None
         if norm is None:
             return math.nan
-        return float(norm)
+        return float(norm) / scale
 
     def unwrap(self, model: Any) -> Any:
         """The trained model as a plain HF module with full weights, on every rank.
