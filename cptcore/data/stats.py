@@ -120,7 +120,7 @@ def print_summary(manifest: dict[str, Any], out_dir: str) -> None:
 
     table = Table(title=f"cpt prepare {manifest['kind']} -> {out_dir}")
     for col in ("input", "read", "packed", "skipped", "tokens", "target", "achieved"):
-        table.add_column(col, justify="left" if col in ("input", "skipped") else "right")
+        table.add_column(col, justify="left" if col in ("input", "skipped") else "right", overflow="fold")
     for inp in manifest["inputs"]:
         docs = inp["documents"]
         skipped = ", ".join(f"{k}: {v}" for k, v in docs["skipped"].items()) or "0"
