@@ -65,7 +65,7 @@ def test_run_outputs_layout_metrics_and_export(env, tmp_path):
                      training__eval_every=2, training__eval_batches=2, checkpointing__save_every=2,
                      checkpointing__keep_last=1)
     summary = _train(cfg)
-    assert (out / "config.yaml").is_file() and (out / "logs" / "tensorboard").is_dir()
+    assert (out / "config.yaml").is_file() and any((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]  # keep_last=1
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
