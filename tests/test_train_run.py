@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from cptcore.errors import CptError
 from cptcore.hookspecs import hookimpl
 from cptcore.plugins import make_plugin_manager
 from cptcore.specs import LoggerSpec

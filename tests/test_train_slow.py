@@ -149,7 +149,7 @@ def test_smollm2_real_text_lowers_heldout_loss(tmp_path, smollm2_dir):
     from transformers import AutoModelForCausalLM
 
     from cptcore.assets import bundled
-    from cptcore.train.data import block_causal_mask, eval_batches
+    from cptcore.train.data import eval_batches
     from cptcore.train.strategy import count_label_tokens, token_loss_sum
 
     src = tmp_path / "law.jsonl"

@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from ..errors import ConfigError, CptError
+from ..errors import ConfigError
 
 
 def overrides_from_flags(**flags: Any) -> dict:

@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import CptError
 
 
 def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lora: bool = False) -> Path:

@@ -161,7 +161,6 @@ def train(config: Any, pm: Any) -> dict:
     Raises:
         CptError subclasses for user mistakes (before heavy work where possible).
     """
-    from ..config import write_resolved
     from .launch import check_fingerprints, init_distributed
 
     resume = precheck(config, pm)
@@ -251,7 +250,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         loggers = make_loggers(pm, config.logging.loggers, out / "logs", config)
     progress = Progress(t.max_steps, state.step, config.logging.progress and rank == 0)
     loader = Loader(data, sampler, pad_id, block_mask=False)
-    start_step, start_time = state.step, time.time()
+    start_time = time.time()
     metrics: dict = {}
     eval_metrics: dict = {}
     model.train()
