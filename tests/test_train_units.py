@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -412,3 +413,21 @@ def test_lora_train_embeddings_and_freeze(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert apply_freeze(plain, "non-embeddings") == 40 * 64
     assert [n for n, p in plain.named_parameters() if p.requires_grad] == ["model.embed_tokens.weight"]
+
+
+def test_interrupted_save_leftovers_are_removed(tmp_path):
+    """A later complete save removes ``step-*.tmp`` folders left by killed saves."""
+    from cptcore.config import RunConfig
+    from cptcore.train.checkpoint import list_checkpoints, save_checkpoint
+
+    class FakeStrategy:
+        def save(self, d, model, opt, sched):
+            for sub in ("model", "optimizer"):
+                (d / sub).mkdir()
+            (d / "lr_scheduler.pt").write_text("x")
+
+    (tmp_path / "checkpoints" / "step-1.tmp").mkdir(parents=True)
+    path = save_checkpoint(tmp_path, 2, FakeStrategy(), None, None, None, {"sampler": {}}, RunConfig(), keep_last=2)
+    assert list_checkpoints(tmp_path) == [path]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
+    assert json.loads((path / "trainer_state.json").read_text())["step"] == 2

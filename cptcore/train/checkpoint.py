@@ -169,6 +169,8 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
+        for stale in checkpoints_dir(out_dir).glob("step-*.tmp"):  # left by a killed save
+            shutil.rmtree(stale, ignore_errors=True)
         prune(out_dir, keep_last)
     _barrier()
     return final
