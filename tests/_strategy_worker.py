@@ -60,6 +60,10 @@ def main() -> None:
         torch.manual_seed(0)
         model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
         build.apply_freeze(model, config.training.freeze)
+        if config.lora.enabled:
+            from cptcore.builtin_plugins.lora import add_lora
+
+            model = add_lora(model, config.lora)
         opt = strategy.make_optimizer(strip_names(param_groups(model, config.optimizer.weight_decay)), config.optimizer)
         model, opt, sched, _ = strategy.boost(model, opt, scheduler_factory(config.schedule, STEPS))
         model.train()

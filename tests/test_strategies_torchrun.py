@@ -68,6 +68,8 @@ CASES = {
     "hybrid3d_pp2": (["3d", "strategy.pp_size=2", "strategy.num_microbatches=2", BF16,
                       "training.micro_batch_size=4"], 2),
     "fsdp": (["fsdp"], 2),
+    # LoRA (peft) under ZeRO: no ddp comparison (different trainable set)
+    "zero2_lora": (["zero2", BF16, "lora.enabled=true", "lora.dropout=0.0"], 2),
 }
 
 
@@ -87,7 +89,10 @@ def test_strategy_trains_saves_resumes(case, tiny_model, ddp_ref, tmp_path):
     ref = ddp_ref[accum]
     expected_dp = 1 if case.startswith("hybrid3d") else 2
     assert res["dp"] == expected_dp
-    check_against_ddp(res, ref, fp32=case == "fsdp")
+    if case.endswith("_lora"):
+        assert res["losses"][0] == pytest.approx(ref["losses"][0], abs=2e-3)  # adapters start as a no-op (B = 0)
+    else:
+        check_against_ddp(res, ref, fp32=case == "fsdp")
     # sharded save -> load: exactly the loss at save time
     assert res["probe_after_load"] == res["probe_at_save"]
     # resume: the same trajectory as uninterrupted, bit for bit
