@@ -191,6 +191,7 @@ def plot_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +223,7 @@ def plot_curves(
     ax.set_ylabel("exp(eval loss)")
     for ax, series in zip(axes, (loss or eval_loss, lr, ppl)):
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not series:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
