@@ -10,6 +10,10 @@ PatrickStar; ColossalAI docs "Gemini").
   (``zero/gemini/placement_policy.py:206``, ``gemini/memory_tracer/memory_monitor.py:135``),
   so it is refused on CPU before training.
 
+Gradient accumulation sets ``enable_gradient_accumulation``; on CPU the compat patch
+``gemini.accumulate_gathered`` fixes upstream's over-counting of earlier micro-batches
+in gathered chunks (``zero/gemini/chunk/manager.py:290``).
+
 Gemini accepts only ColossalAI's HybridAdam/CPUAdam/FusedAdam
 (``zero/gemini/gemini_optimizer.py:121``): this strategy builds HybridAdam (AdamW mode,
 same betas/eps/weight-decay groups as the default optimizer). Gemini trains in bf16 or
@@ -58,8 +62,6 @@ def validate_gemini(options: GeminiOptions | None, config, world_size: int, mode
     check_precision(name, config.strategy.precision, ("bf16", "fp16"), "Gemini keeps fp32 master chunks for half-precision training only")
     check_combination(name, lora=config.lora.enabled,
                       refuse={"lora": "GeminiPlugin.enable_lora is not implemented in ColossalAI 0.5.0; use zero2 or ddp"})
-    if config.training.accumulation_steps > 1 and world_size > 1 and not _has_cuda():
-        raise ConfigError(_ACCUM_REFUSAL.format(name=name, accum=config.training.accumulation_steps, world=world_size))
     if opts.placement_policy == "auto":
         import torch
 
@@ -70,35 +72,21 @@ def validate_gemini(options: GeminiOptions | None, config, world_size: int, mode
             )
 
 
-_ACCUM_REFUSAL = (
-    "{name}: gradient accumulation ({accum} micro-batches) over {world} ranks gives gradients that differ from "
-    "ddp on CPU in ColossalAI 0.5.0 (Gemini's accumulated grad chunks); use accumulation_steps=1 with a larger "
-    "micro_batch_size, or zero2"
-)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _make_strategy_class():
     from ..train.sharded import ShardedStrategy
 
     class GeminiStrategy(ShardedStrategy):
-        """Refuses accumulation over several ranks on CPU at the first non-final
-        micro-batch (covers ``global_batch_tokens``, resolved after validation)."""
+        """Saves Gemini's fp32 master chunks (this rank's shards, in parameter order)
+        beside the checkpoint: with gradient accumulation Gemini's own checkpoint
+        restores the masters from the half-precision weights, which rounds them."""
 
-        def forward_backward(self, model, optimizer, batch, normaliser, sync=True):
-            import torch.distributed as dist
-
-            from ..errors import ConfigError
-
-            world = dist.get_world_size() if dist.is_initialized() else 1
-            if not sync and world > 1 and not _has_cuda():
-                raise ConfigError(_ACCUM_REFUSAL.format(name=self.name, accum="several", world=world))
-            return super().forward_backward(model, optimizer, batch, normaliser, sync)
+        @staticmethod
+        def _masters(optimizer):
+            chunks = []
+            for chunk16 in optimizer.param_to_chunk16.values():
+                if all(chunk16 is not c for c in chunks):
+                    chunks.append(chunk16)
+            return [c.paired_chunk.payload for c in chunks if c.paired_chunk is not None]
 
     return GeminiStrategy
 
@@ -146,6 +134,7 @@ def build_gemini(options: GeminiOptions | None, config) -> object:
         precision=config.strategy.precision,
         optimizer_factory=hybrid_adam_factory,
         supports_lora=False,
+        save_master_weights=True,
         strict_load=False,  # tied lm_head.weight: written by the sharded saver, "unexpected" to the loader
         gather_dir=Path(config.training.out_dir) / ".gather",
     )

@@ -124,3 +124,36 @@ PATCHES = (
     Patch("kernel.cpu_adam", "kernel/kernel_loader.py:75", _gap_cpu_adam, _fill_cpu_adam),
     Patch("gemini.resident_chunks", "zero/gemini/chunk/manager.py:126", _gap_gemini_resident, _fill_gemini_resident),
 )
+
+
+def _gap_gemini_accumulation() -> bool:
+    from colossalai.zero.gemini.chunk.manager import ChunkManager
+
+    fn = ChunkManager.rearrange_accumulated_grad_chunk
+    return source_has(fn, "cuda_global_chunk.clone().detach().mul_(chunk.pg_size)")
+
+
+def _fill_gemini_accumulation() -> None:
+    # zero/gemini/chunk/manager.py:290: with gradient accumulation, a *gathered* grad chunk
+    # (keep_gathered: small chunks, all small models on CPU) backs up the reduced
+    # gradient times pg_size on every rank, then all-reduces (sums) and divides by
+    # pg_size again: the earlier micro-batches count pg_size times. The times-pg_size
+    # backup is right only for sharded chunks, where one rank holds each shard.
+    from colossalai.zero.gemini.chunk.manager import ChunkManager
+
+    original = ChunkManager.rearrange_accumulated_grad_chunk
+
+    def rearrange_accumulated_grad_chunk(self: Any, chunk: Any) -> Any:
+        if not chunk.grad_chunk.is_gathered:
+            return original(self, chunk)
+        backup = chunk.grad_chunk.cuda_global_chunk.clone().detach()
+        grad_chunk = self.init_grad_chunk(chunk)
+        grad_chunk.cuda_global_chunk.zero_()
+        grad_chunk.cuda_global_chunk.add_(backup)
+        return grad_chunk
+
+    ChunkManager.rearrange_accumulated_grad_chunk = rearrange_accumulated_grad_chunk
+
+
+PATCHES = (*PATCHES, Patch("gemini.accumulate_gathered", "zero/gemini/chunk/manager.py:290",
+                           _gap_gemini_accumulation, _fill_gemini_accumulation))
