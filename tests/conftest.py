@@ -60,3 +60,15 @@ def smollm2_tokenizer_dir() -> Path:
     from cptcore.assets import smollm2_hf_dir
 
     return smollm2_hf_dir()
+
+
+@pytest.fixture(scope="session")
+def zh_sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3000-piece Chinese SentencePiece model trained on the bundled law sample."""
+    from cptcore.assets import bundled
+    from cptcore.tokenizer.train import TrainOptions, train_sentencepiece
+
+    model, _ = train_sentencepiece(
+        [bundled("zh_law_train.jsonl")], tmp_path_factory.mktemp("zh_sp"), TrainOptions(vocab_size=3000)
+    )
+    return model

@@ -10,17 +10,8 @@ import pytest
 from cptcore.assets import bundled
 from cptcore.errors import CptError
 from cptcore.tokenizer.expand import expand_tokenizer
-from cptcore.tokenizer.train import TrainOptions, train_sentencepiece
 
 DATA = Path(__file__).resolve().parent / "data"
-
-
-@pytest.fixture(scope="module")
-def zh_sp_model(tmp_path_factory) -> Path:
-    model, _ = train_sentencepiece(
-        [bundled("zh_law_train.jsonl")], tmp_path_factory.mktemp("zh_sp"), TrainOptions(vocab_size=3000)
-    )
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
-def zh_sp_model(tmp_path_factory) -> Path:
-    model, _ = train_sentencepiece(
-        [bundled("zh_law_train.jsonl")], tmp_path_factory.mktemp("zh_sp"), TrainOptions(vocab_size=3000)
-    )
-    return model
-
-
-@pytest.fixture(scope="module")
 def expanded(tmp_path_factory, mistral_sp_model: Path, zh_sp_model: Path) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("mistral_zh") / "tok"
     report = expand_tokenizer(mistral_sp_model, zh_sp_model, out, eval_text=bundled("zh_law_heldout.jsonl"))
@@ -158,7 +150,7 @@ def test_bad_bases_and_outputs(tmp_path: Path, smollm2_tokenizer_dir: Path, zh_s
     assert (tmp_path / "busy" / "keep.txt").is_file() and (tmp_path / "busy" / "tokenizer.json").is_file()
 
 
-def test_expand_cli(cpt_cli, tmp_path: Path, mistral_sp_model: Path, zh_sp_model: Path, mistral_tokenizer_dir: Path) -> None:
+def test_expand_cli(cpt_cli, tmp_path: Path, mistral_sp_model: Path, zh_sp_model: Path) -> None:
     code, out = cpt_cli(
         "tokenizer", "expand", "--base", str(mistral_sp_model), "--add", str(zh_sp_model), "--out", str(tmp_path / "o"),
         "--eval-text", str(bundled("zh_law_heldout.jsonl")),
@@ -166,8 +158,13 @@ def test_expand_cli(cpt_cli, tmp_path: Path, mistral_sp_model: Path, zh_sp_model
     assert code == 0, out
     assert "vocabulary before" in out and "32000" in out and "tokens_per_cjk_char" in out
     # a base folder saved with legacy=False: the report shows the known leading-space gap
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    non_legacy = tmp_path / "non_legacy"
+    LlamaTokenizer(vocab_file=str(mistral_sp_model), legacy=False).save_pretrained(non_legacy)
+    AutoTokenizer.from_pretrained(non_legacy).save_pretrained(non_legacy)
     code, out = cpt_cli(
-        "tokenizer", "expand", "--base", str(mistral_tokenizer_dir), "--add", str(zh_sp_model), "--out", str(tmp_path / "l"),
+        "tokenizer", "expand", "--base", str(non_legacy), "--add", str(zh_sp_model), "--out", str(tmp_path / "l"),
         "--eval-text", str(DATA / "en_python_docs_sample.jsonl"),
     )
     report = json.loads((tmp_path / "l" / "expand_report.json").read_text(encoding="utf-8"))
