@@ -37,7 +37,7 @@ def test_dry_run_layout_counts_and_table(cpt_cli, config_only_model):
     assert "strategy: hybrid3d (precision bf16)" in out
     assert "layout:   world=4: dp=2 tp=2 pp=1 sp=1" in out
     assert f"params:   {TOTAL:,} total, {TOTAL:,} trainable, 0 frozen" in out
-    assert "micro-batch 2 x 2048 tokens (assumed)" in out
+    assert "micro-batch 2 x 2048 tokens (assumed); attention sdpa; gradient checkpointing off" in out
     est = estimate(ModelShape(TOTAL, TOTAL, 64, 2, 4, 128),
                    Plan("hybrid3d", precision="bf16", dp=2, tp=2, micro_batch_size=2, seq_len=2048))
     assert re.search(rf"optimizer states\s+\|\s+{est.optimizer:,.0f} \|", out)
@@ -77,3 +77,12 @@ def test_dry_run_refusals_one_line(cpt_cli, config_only_model, args, message):
     assert code == 1
     assert message in out
     assert len([line for line in out.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_dry_run_reads_gguf_metadata_only(cpt_cli, smollm2_gguf):
+    """SmolLM2-135M from its GGUF: the config comes from the metadata, no tensors loaded."""
+    code, out = cpt_cli("train", "--dry-run", "--model", str(smollm2_gguf), "--strategy", "zero2",
+                        "--set", "strategy.precision=bf16", "--set", "model.gradient_checkpointing=true")
+    assert code == 0, out
+    assert "params:   134,515,008 total, 134,515,008 trainable, 0 frozen" in out  # tied embeddings once
+    assert "gradient checkpointing on" in out

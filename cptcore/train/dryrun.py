@@ -30,6 +30,7 @@ class DryRun:
     seq_len_source: str  # "data manifest" | "assumed"
     plan: Plan
     memory: MemoryEstimate
+    gradient_checkpointing: bool = False
 
 
 def world_size(nproc_per_node: int | None, nnodes: int = 1) -> int:
@@ -51,15 +52,19 @@ def layout_for(name: str, options: Any, world: int) -> Layout:
 
 def meta_model(config: Any, pm: Any) -> Any:
     """The configured model (LoRA and freeze applied) on the ``meta`` device: shapes and
-    ``requires_grad`` only, no memory, no weights read."""
+    ``requires_grad`` only, no memory, no weights read (an HF folder's ``config.json``,
+    or a GGUF file's metadata)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..model.load import resolve_hf_folder
+    from ..model.load import check_model_path
     from .build import apply_freeze
 
-    folder = resolve_hf_folder(config.model.path)
-    hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=config.model.trust_remote_code)
+    path = check_model_path(config.model.path)
+    if path.is_file():  # GGUF: read the config from its metadata only, no tensors
+        hf_config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    else:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=config.model.trust_remote_code)
         if config.lora.enabled:
@@ -122,7 +127,8 @@ def plan_dry_run(config: Any, pm: Any, world: int) -> DryRun:
         num_microbatches=getattr(options, "num_microbatches", None) or lay.pp,
         micro_batch_size=config.training.micro_batch_size, seq_len=seq, attention=attention,
     )
-    return DryRun(spec.name, config.strategy.precision, lay, shape, seq, source, plan, estimate(shape, plan))
+    return DryRun(spec.name, config.strategy.precision, lay, shape, seq, source, plan, estimate(shape, plan),
+                  config.model.gradient_checkpointing)
 
 
 def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
@@ -138,7 +144,7 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     echo(f"params:   {shape.params:,} total, {shape.trainable:,} trainable, {frozen:,} frozen")
     p = result.plan
     echo(f"batch:    micro-batch {p.micro_batch_size} x {result.seq_len} tokens ({result.seq_len_source}); "
-         f"attention {p.attention}")
+         f"attention {p.attention}; gradient checkpointing {'on' if result.gradient_checkpointing else 'off'}")
     table = Table(title="estimated memory per rank", title_justify="left", box=box.ASCII)
     table.add_column("")
     table.add_column("bytes", justify="right")
