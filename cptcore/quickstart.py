@@ -157,6 +157,17 @@ def _check(options: QuickstartOptions) -> None:
         raise ConfigError(f"quickstart: --model {options.model}: not a folder")
 
 
+def _quiet_third_party() -> None:
+    """Hide import-time noise a newcomer cannot act on: ColossalAI's "install apex /
+    tensornvme" UserWarnings and bitsandbytes' "kernels not installed" log line (none of
+    them matters on CPU). Our own messages and real errors are unaffected."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"colossalai(\.|$)")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[str], None] | None = None) -> QuickstartResult:
     """Run the whole quickstart (see the module docstring); returns its figures, also
     written to ``OUT/quickstart.json``.
@@ -179,6 +190,7 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
     from .train.loop import train
 
     _check(options)
+    _quiet_third_party()
     if say is None:
         from rich.console import Console
 
