@@ -15,7 +15,7 @@ ZERO_PAPER = ModelShape(params=7_500_000_000, trainable=7_500_000_000, hidden_si
 def test_zero_paper_figure1_numbers():
     # Figure 1 of Rajbhandari et al. 2020: baseline 120 GB, P_os 31.4 GB, P_os+g 16.6 GB
     gb = 1e9
-    base = sum(model_states(ZERO_PAPER, Plan("ddp", dp=64))[:3]) / gb
+    base = sum(model_states(ZERO_PAPER, Plan("hybrid3d", dp=64))[:3]) / gb  # DP, no ZeRO, mixed precision
     os_ = sum(model_states(ZERO_PAPER, Plan("zero1", dp=64))[:3]) / gb
     osg = sum(model_states(ZERO_PAPER, Plan("zero2", dp=64))[:3]) / gb
     assert base == pytest.approx(120.0)
@@ -25,8 +25,10 @@ def test_zero_paper_figure1_numbers():
 
 def test_model_states_by_strategy():
     shape = ModelShape(params=1000, trainable=600, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, vocab_size=10)
-    # fp32 ddp: 4*1000 weights, 4*600 grads, 8*600 Adam moments
-    assert model_states(shape, Plan("ddp", precision="fp32", dp=2)) == (4000, 2400, 4800, 0.0)
+    # ddp: 4*1000 weights, 4*600 grads + 4*600 reducer buckets, 8*600 Adam moments; fp32 weights under bf16 autocast
+    assert model_states(shape, Plan("ddp", precision="fp32", dp=2)) == (4000, 4800, 4800, 0.0)
+    assert model_states(shape, Plan("ddp", precision="bf16", dp=2)) == (4000, 4800, 4800, 0.0)
+    assert model_states(shape, Plan("ddp", dp=2, gradient_as_bucket_view=True)) == (4000, 2400, 4800, 0.0)
     # bf16 zero2 over 4 ranks: 2*1000, 2*600/4, 12*600/4
     assert model_states(shape, Plan("zero2", dp=4)) == (2000, 300, 1800, 0.0)
     # zero2_cpu: optimizer states to host

@@ -126,6 +126,7 @@ def plan_dry_run(config: Any, pm: Any, world: int) -> DryRun:
         offload_param_frac=getattr(options, "offload_param_frac", 0.0),
         num_microbatches=getattr(options, "num_microbatches", None) or lay.pp,
         micro_batch_size=config.training.micro_batch_size, seq_len=seq, attention=attention,
+        gradient_as_bucket_view=bool(getattr(options, "gradient_as_bucket_view", False)),
     )
     return DryRun(spec.name, config.strategy.precision, lay, shape, seq, source, plan, estimate(shape, plan),
                   config.model.gradient_checkpointing)

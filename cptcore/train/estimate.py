@@ -10,7 +10,10 @@ In fp32 training the weights and gradients take 4 bytes each and K = 8 (momentum
 variance; the weights are their own master). Frozen parameters take only their weight
 bytes. Partitioning over the N_d data-parallel ranks:
 
-* ``ddp``: nothing partitioned;
+* ``ddp``: nothing partitioned; the weights stay fp32 whatever ``precision`` (bf16/fp16
+  run under autocast), so 4Ψ + 4Ψ + 8Ψ; DDP's reducer keeps its gradient buckets as a
+  second copy of the gradients unless ``gradient_as_bucket_view`` (PyTorch
+  ``DistributedDataParallel`` docs: the saving "equal to the total gradients size");
 * ZeRO-1 (``zero1``; ``hybrid3d`` zero_stage=1): optimizer states / N_d;
 * ZeRO-2 (``zero2``; ``hybrid3d`` zero_stage=2): gradients and optimizer states / N_d;
 * ZeRO-3 family: ``fsdp`` (FULL_SHARD: everything / N_d; FSDP keeps fp32 flat
@@ -82,6 +85,7 @@ class Plan:
     micro_batch_size: int = 1
     seq_len: int = 2048
     attention: str = "sdpa"  # eager | sdpa | flash_attention_2
+    gradient_as_bucket_view: bool = False  # ddp: buckets alias the gradients
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,10 @@ def model_states(shape: ModelShape, plan: Plan) -> tuple[float, float, float, fl
     nd = plan.dp
     name = plan.strategy
     host = 0.0
+    if name == "ddp":
+        w, g, k = state_bytes("fp32")  # autocast: fp32 weights, gradients, Adam moments
+        copies = 1 if plan.gradient_as_bucket_view else 2
+        return w * psi, g * psi_t * copies, k * psi_t, 0.0
     if name == "fsdp":
         # fp32 flat parameters sharded; gradients in fp32 after the reduce-scatter
         params, grads, opt = 4 * psi / nd, 4 * psi_t / nd, 8 * psi_t / nd
