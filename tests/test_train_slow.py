@@ -143,15 +143,18 @@ def test_custom_trainer_example(env, tmp_path):
     assert len((REPO / "examples" / "custom_trainer.py").read_text().splitlines()) < 60
 
 
-def test_smollm2_real_text_lowers_heldout_loss(tmp_path, smollm2_dir):
-    """SmolLM2-135M imported from its GGUF, real Chinese law text: a few steps lower the
-    held-out loss."""
+def test_smollm2_gguf_real_text_lowers_heldout_loss(tmp_path, smollm2_gguf):
+    """``cpt train --model SmolLM2-135M.gguf`` (imported by the model loader), real
+    Chinese law text: a few steps lower the held-out loss; then ``cpt generate`` on the
+    GGUF file and on OUT/final."""
     from transformers import AutoModelForCausalLM
 
     from cptcore.assets import bundled
+    from cptcore.model.load import resolve_hf_folder
     from cptcore.train.data import eval_batches
     from cptcore.train.strategy import count_label_tokens, token_loss_sum
 
+    smollm2_dir = resolve_hf_folder(str(smollm2_gguf))  # the folder cpt train will use
     src = tmp_path / "law.jsonl"
     src.write_text("\n".join(bundled("zh_law_train.jsonl").read_text(encoding="utf-8").splitlines()[:6]) + "\n", encoding="utf-8")
     train = prepare(tmp_path / "train", smollm2_dir, [str(src)], max_length=256)
@@ -166,11 +169,15 @@ def test_smollm2_real_text_lowers_heldout_loss(tmp_path, smollm2_dir):
             count += count_label_tokens(b["labels"])
     before = total / count
     del model
-    run = _cpt(["train", "--model", str(smollm2_dir), "--data", str(train), "--eval-data", str(held),
+    run = _cpt(["train", "--model", str(smollm2_gguf), "--data", str(train), "--eval-data", str(held),
                 "--out", str(tmp_path / "out"), "--max-steps", "6", "--micro-batch-size", "2", "--lr", "1e-4",
                 "--set", "training.eval_batches=3", "--set", "logging.progress=false",
                 "--set", "schedule.warmup_steps=1"], timeout=900, OMP_NUM_THREADS="2")
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["final_eval_loss"] < before - 0.05, (before, summary["final_eval_loss"])
+    gen = _cpt(["generate", str(smollm2_gguf), "--prompt", "The capital of France is", "--max-new-tokens", "3"])
+    assert gen.returncode == 0 and "Paris" in gen.stdout, gen.stdout + gen.stderr[-2000:]
+    gen = _cpt(["generate", str(tmp_path / "out" / "final"), "--prompt", "中华人民共和国", "--max-new-tokens", "5"])
+    assert gen.returncode == 0 and gen.stdout.startswith("中华人民共和国"), gen.stderr[-2000:]
     print(f"SmolLM2 held-out loss {before:.4f} -> {summary['final_eval_loss']:.4f}; summary {summary}")
