@@ -289,6 +289,8 @@ def test_torchrun_argv_strips_launcher_flags():
                         2, master_port=1234)
     assert cmd[-6:] == ["cptcore.cli.main", "train", "--config", "r.yaml", "--max-steps", "3"]
     assert "--nproc-per-node=2" in cmd and "--master-port=1234" in cmd
+    multi = torchrun_argv(["train"], 8, nnodes=2, node_rank=1, master_addr="10.0.0.1")
+    assert "--master-port=29500" in multi and "--node-rank=1" in multi and "--master-addr=10.0.0.1" in multi
     with pytest.raises(ConfigError, match="--master-addr"):
         torchrun_argv(["train"], 2, nnodes=2, node_rank=1)
 

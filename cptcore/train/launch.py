@@ -111,7 +111,8 @@ def torchrun_argv(
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
            f"--nnodes={nnodes}", f"--node-rank={node_rank}",
            f"--master-addr={master_addr or '127.0.0.1'}",
-           f"--master-port={master_port or _free_port()}",
+           # one node: any free port; several: every node must name the same one
+           f"--master-port={master_port or (_free_port() if nnodes == 1 else 29500)}",
            "-m", "cptcore.cli.main"]
     return cmd + strip_launcher_flags(list(argv))
 
