@@ -111,11 +111,13 @@ def bare_loop(model_dir: str, data_dir: str, steps: int, batch: int, lr: float, 
 
 
 # ------------------------------------------------------------------------------ cpt side
-def cpt_run(model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int, lr: float, seed: int) -> list[float]:
+def cpt_run(model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int, lr: float, seed: int,
+            sets: list[str] = ()) -> list[float]:
     """``cpt train`` in a subprocess; returns the step times from metrics.jsonl."""
     cmd = [str(Path(sys.executable).parent / "cpt"), "train", "--model", str(model_dir), "--data", str(data_dir),
            "--out", str(out), "--strategy", "ddp", "--max-steps", str(steps), "--micro-batch-size", str(batch),
-           "--lr", str(lr), "--seed", str(seed), "--set", "logging.progress=false"]
+           "--lr", str(lr), "--seed", str(seed), "--set", "logging.progress=false",
+           *[x for item in sets for x in ("--set", item)]]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"cpt train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -134,6 +136,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1,
                     help="OMP_NUM_THREADS of both sides (1 keeps a shared machine's noise down; 0 = leave unset)")
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="extra cpt train --set item (e.g. strategy.gradient_as_bucket_view=true)")
+    ap.add_argument("--name", default="train_overhead", help="results file name")
     ap.add_argument("--bare-child", nargs=2, metavar=("MODEL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -160,7 +165,8 @@ def main() -> None:
                 raise SystemExit(f"bare loop failed:\n{proc.stderr[-3000:]}")
             bare = json.loads(proc.stdout.strip().splitlines()[-1])[args.skip:]
             # metrics stamps give steps-1 differences: difference i is step i+2's time
-            cpt = cpt_run(model_dir, data_dir, work / f"run-{r}", args.steps, args.batch, args.lr, 42)[args.skip - 1:]
+            cpt = cpt_run(model_dir, data_dir, work / f"run-{r}", args.steps, args.batch, args.lr, 42,
+                          args.sets)[args.skip - 1:]
             bare_all += bare
             cpt_all += cpt
             print(f"round {r + 1}: bare median {statistics.median(bare):.3f} s, cpt median {statistics.median(cpt):.3f} s",
@@ -178,7 +184,7 @@ def main() -> None:
                 ["loop", "median s/step", "min s/step", "tokens/s", "ratio to bare"], rows)
     verdict = "meets" if ratio <= 1.03 else "misses"
     print(f"cpt/bare step-time ratio {ratio:.3f} ({verdict} the <= 1.03 target)")
-    out = write_result("train_overhead", {
+    out = write_result(args.name, {
         "settings": vars(args) | {"bare_child": None},
         "bare_step_seconds": bare_all, "cpt_step_seconds": cpt_all,
         "bare_median_s": bare_med, "cpt_median_s": cpt_med, "ratio": ratio, "target": 1.03,
