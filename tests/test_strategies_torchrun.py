@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,17 @@ def run_worker(model: Path, out: Path, name: str, *sets: str, accum: int = 2, np
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CPT_TEST_ACCUM": str(accum), "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(WORKER), str(model), str(out / "result.json"), name, *sets]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    # own process group: on a timeout the workers die with torchrun instead of lingering
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun {name} timed out after 600 s:\n" + "\n".join(output.splitlines()[-40:]))
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        tail = "\n".join(output.splitlines()[-40:])
         pytest.fail(f"torchrun {name} failed ({proc.returncode}):\n{tail}")
     return json.loads((out / "result.json").read_text())
 
