@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,14 @@ def _cpt(args, **env):
     e = dict(os.environ, OMP_NUM_THREADS="1", CPT_DEBUG="1", **env)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(k, None)
-    return subprocess.run([*CPT, *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    proc = subprocess.Popen([*CPT, *args], cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # own group: a timeout kills every rank
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _metrics(out):
