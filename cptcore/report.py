@@ -300,7 +300,7 @@ def write_report(run_dir: str | Path, *, baseline_perplexity: float | None = Non
     out = Path(out_dir) if out_dir is not None else run / REPORT_DIRNAME
     out.mkdir(parents=True, exist_ok=True)
     png = plot_curves(
-        records, out / "curves.png", title=f"cptcore run: {run.resolve().name}", baseline_perplexity=baseline_perplexity
+        records, out / "curves.png", title=f"cptcore run: {run}", baseline_perplexity=baseline_perplexity
     )
     md = out / "summary.md"
     md.write_text(summary_markdown(summary, run), encoding="utf-8")
