@@ -58,21 +58,33 @@ class Record:
 
 
 def parse_input(value: str) -> InputSpec:
-    """Parse ``PATH`` or ``PATH:WEIGHT`` (the weight is a positive number).
+    """Parse ``PATH`` or ``PATH:WEIGHT`` (the weight is a positive, finite number).
+
+    A path that exists as written is taken literally, even when it ends in ``:NUMBER``
+    (a file named ``x:1``); otherwise the text after the last ``:`` is the weight when
+    the text before it names an existing file or a glob, and part of the path when not
+    (``with:colon/a.jsonl``).
 
     Raises:
-        DataError: the weight is not a positive number.
+        DataError: the weight is not a positive finite number (``a.jsonl:0``,
+            ``a.jsonl:-1``, ``a.jsonl:inf``), or is not a number while the path before
+            it exists (``a.jsonl:abc``, ``a.jsonl:``).
     """
+    import math
+
     head, sep, tail = value.rpartition(":")
-    if sep and head and tail and not tail.startswith(("/", "\\")):
-        try:
-            weight = float(tail)
-        except ValueError:
-            return InputSpec(value)
-        if not weight > 0:
-            raise DataError(f"--input {value}: the weight must be a positive number")
-        return InputSpec(head, weight)
-    return InputSpec(value)
+    if not sep or not head or tail.startswith(("/", "\\")) or os.path.exists(os.path.expanduser(value)):
+        return InputSpec(value)
+    try:
+        weight = float(tail)
+    except ValueError:
+        target = os.path.expanduser(head)
+        if os.path.exists(target) or (glob.has_magic(target) and not glob.has_magic(tail)):
+            raise DataError(f"--input {value}: the weight {tail!r} is not a number (PATH:WEIGHT, e.g. {head}:0.5)") from None
+        return InputSpec(value)
+    if not (weight > 0 and math.isfinite(weight)):
+        raise DataError(f"--input {value}: the weight must be a positive finite number")
+    return InputSpec(head, weight)
 
 
 def expand(spec: InputSpec) -> list[str]:
@@ -141,6 +153,12 @@ def _read_bytes(path: str) -> bytes:
         return fh.read()
 
 
+def _json_error(exc: json.JSONDecodeError) -> str:
+    """``malformed JSON (Expecting ',' delimiter at column 17)``: json's message with
+    the column (its own ``... at`` messages otherwise end in mid-sentence)."""
+    return f"malformed JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+
+
 def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
     with _open(path) as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -156,7 +174,7 @@ def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Record(path, lineno, error=f"malformed JSON ({exc.msg})", nbytes=len(raw))
+                yield Record(path, lineno, error=_json_error(exc), nbytes=len(raw))
                 continue
             yield _text_of(obj, path, lineno, field, len(raw))
 
@@ -169,7 +187,7 @@ def _iter_json(path: str, field: str | None) -> Iterator[Record]:
         yield Record(path, 1, error="invalid UTF-8", nbytes=len(raw))
         return
     except json.JSONDecodeError as exc:
-        yield Record(path, exc.lineno, error=f"malformed JSON ({exc.msg})", nbytes=len(raw))
+        yield Record(path, exc.lineno, error=_json_error(exc), nbytes=len(raw))
         return
     items = obj if isinstance(obj, list) else [obj]
     share = len(raw) // max(1, len(items))
@@ -215,20 +233,27 @@ def iter_file(path: str, field: str | None = "text") -> Iterator[Record]:
     """Yield every document of one file (a plain-text file is one document);
     ``field=None`` yields JSON objects as they are (``Record.data``), for SFT.
 
-    An empty file yields one record with ``error="empty file"``.
+    A file with no record at all (0 bytes, only blank lines, an empty JSON array, a
+    Parquet file with no rows, an empty ``.gz``) yields one record with
+    ``error="empty file"``, so that it is reported or counted, never silently dropped.
     """
-    if os.path.getsize(path) == 0:
-        yield Record(path, 1, error="empty file")
-        return
     fmt = file_format(path)
     if fmt == "jsonl":
-        yield from _iter_jsonl(path, field)
+        records = _iter_jsonl(path, field)
     elif fmt == "json":
-        yield from _iter_json(path, field)
+        records = _iter_json(path, field)
     elif fmt == "parquet":
-        yield from _iter_parquet(path, field)
+        records = _iter_parquet(path, field)
     else:
-        yield from _iter_text(path, field)
+        records = _iter_text(path, field)
+    if os.path.getsize(path) == 0:
+        records = iter(())
+    empty = True
+    for rec in records:
+        empty = False
+        yield rec
+    if empty:
+        yield Record(path, 1, error="empty file", nbytes=os.path.getsize(path))
 
 
 def iter_input(spec: InputSpec, field: str | None = "text") -> Iterator[Record]:

@@ -24,12 +24,20 @@ def load_tokenizer(path: str) -> Any:
     Raises:
         ConfigError: the folder cannot be loaded as a tokenizer.
     """
+    import os
+
     from transformers import AutoTokenizer
 
+    # A local folder only (like --model): a missing path would otherwise be tried as a
+    # hub id, with retries and a network error instead of "not found".
+    if not os.path.exists(path):
+        raise ConfigError(f"--tokenizer {path}: no such folder")
+    if os.path.isfile(path):
+        raise ConfigError(f"--tokenizer {path}: a file, not a tokenizer folder (give the folder holding tokenizer.json)")
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises OSError/ValueError/... for bad folders
-        raise ConfigError(f"cannot load tokenizer from {path}: {exc}") from exc
+        raise ConfigError(f"cannot load tokenizer from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     # Documents are longer than the model's context before packing: silence the
     # "sequence length is longer than the specified maximum" warning.
     tok.model_max_length = 1 << 62

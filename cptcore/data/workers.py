@@ -129,7 +129,18 @@ class Executor:
             import multiprocessing as mp
 
             _JOB = (fn, args)
-            self.pool = mp.get_context("fork").Pool(self.num_proc, initializer=_init_worker)
+            # The Rust tokenizer prints a 4-line warning in every forked child when the
+            # parent already used its thread pool, unless TOKENIZERS_PARALLELISM is set
+            # at fork time (setting it in the initializer is too late).
+            saved = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                self.pool = mp.get_context("fork").Pool(self.num_proc, initializer=_init_worker)
+            finally:
+                if saved is None:
+                    del os.environ["TOKENIZERS_PARALLELISM"]
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = saved
         else:
             from concurrent.futures import ThreadPoolExecutor
 

@@ -53,50 +53,62 @@ class TrainStats:
     files: list[str] = field(default_factory=list)
     sentences: int = 0
     skipped_too_long: int = 0
+    skipped_empty: int = 0  # empty files and empty documents
     seconds: float = 0.0
 
 
 MODEL_TYPES = ("bpe", "unigram", "char", "word")
 
 
+def _documents(path: Path, text_field: str, stats: TrainStats) -> Iterator[tuple[int, str]]:
+    """``(line, text)`` of every document of one file: JSONL/JSON/Parquet (``.gz`` too)
+    through :mod:`cptcore.data.readers`, so bad records fail exactly as in
+    ``cpt prepare``; plain text streamed line by line (one document per line)."""
+    from ..data import readers
+
+    if readers.file_format(str(path)) != "text" or str(path).endswith(".gz"):
+        for rec in readers.iter_file(str(path), text_field):
+            if rec.error in ("empty document", "empty file"):
+                stats.skipped_empty += 1  # nothing to learn from; counted, not fatal
+                continue
+            if rec.error:
+                raise DataError(rec.error, path=rec.path, line=rec.line)
+            text = rec.text if rec.text is not None else (rec.source or "") + (rec.target or "")
+            yield rec.line, text
+        return
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte-order mark
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"invalid UTF-8 (byte {exc.start})", path=str(path), line=number) from None
+
+
 def iter_sentences(paths: list[Path], text_field: str, max_bytes: int, stats: TrainStats) -> Iterator[str]:
     """Yield the non-empty lines of every document, counting them in ``stats``.
 
     Raises:
-        DataError: a file is missing, not UTF-8, or a JSONL line is not an object with a
-            string ``text_field`` (``path:line: problem``).
+        DataError: a file is missing, not UTF-8, or a JSON record is malformed, not an
+            object or lacks a string ``text_field`` (``path:line: problem``); or no
+            input holds any text.
     """
     for path in paths:
         if not path.is_file():
             raise DataError("input file not found", path=str(path))
-        jsonl = path.suffix == ".jsonl"
-        with open(path, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataError(f"not UTF-8 text (byte {exc.start})", path=str(path), line=number) from None
-                if jsonl:
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"invalid JSON ({exc.msg})", path=str(path), line=number) from None
-                    text = obj.get(text_field) if isinstance(obj, dict) else None
-                    if not isinstance(text, str):
-                        raise DataError(f'expected an object with a string "{text_field}" field', path=str(path), line=number)
-                    pieces = text.split("\n")
-                else:
-                    pieces = [line.rstrip("\r\n")]
-                for sentence in pieces:
-                    if not sentence.strip():
-                        continue
-                    if len(sentence.encode("utf-8")) > max_bytes:
-                        stats.skipped_too_long += 1
-                        continue
-                    stats.sentences += 1
-                    yield sentence
+        for _line, text in _documents(path, text_field, stats):
+            for sentence in text.split("\n"):
+                if not sentence.strip():
+                    continue
+                if len(sentence.encode("utf-8")) > max_bytes:
+                    stats.skipped_too_long += 1
+                    continue
+                stats.sentences += 1
+                yield sentence
+    if stats.sentences == 0:
+        names = ", ".join(str(p) for p in paths)
+        raise DataError(f"no text to train on in {names} (every file is empty or blank)")
 
 
 def _guarded(sentences: Iterator[str], failure: list[CptError]) -> Iterator[str]:
