@@ -221,6 +221,15 @@ def _unknown(key: str, valid: Sequence[str], source: str, what: str = "config ke
     return ConfigError(f"{source}: unknown {what} '{key}'{hint} (valid: {', '.join(sorted(valid))})")
 
 
+def _source_of(dotted: str, sources: Mapping[str, str]) -> str:
+    """Where ``dotted`` was set: its own source, else that of a key below it (a whole
+    unknown section such as ``modle:`` is only recorded through its leaves)."""
+    if dotted in sources:
+        return sources[dotted]
+    below = [src for key, src in sources.items() if key.startswith(dotted + ".")]
+    return below[-1] if below else "config"
+
+
 def _build(cls: type, values: Mapping[str, Any], prefix: str, sources: Mapping[str, str]) -> Any:
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "sources"]
@@ -229,7 +238,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str, sources: Mapping[s
     section = prefix.rstrip(".")
     for key, value in values.items():
         dotted = f"{prefix}{key}"
-        src = sources.get(dotted, "config")
+        src = _source_of(dotted, sources)
         if key not in names or key == "options":
             if section in _OPEN_SECTIONS:
                 options[key] = value

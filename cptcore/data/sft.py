@@ -40,14 +40,19 @@ def normalise(obj: Any) -> list[dict[str, str]]:
     """``[{"role", "content"}]`` from any accepted row format.
 
     Raises:
-        SkipSample: unknown format, unknown role, non-string content, no messages.
+        SkipSample: unknown format, unknown role, non-string content or system, a
+            ``messages``/``conversations`` field that is not a list, no messages.
     """
     if not isinstance(obj, dict):
         raise SkipSample("not a JSON object")
-    raw = obj.get("messages", obj.get("conversations"))
+    key = "messages" if "messages" in obj else "conversations"
+    raw = obj.get(key)
     msgs: list[dict[str, str]] = []
-    if isinstance(obj.get("system"), str) and obj["system"]:
-        msgs.append({"role": "system", "content": obj["system"]})
+    system = obj.get("system")
+    if system is not None and not isinstance(system, str):
+        raise SkipSample("field 'system' is not a string")
+    if system:
+        msgs.append({"role": "system", "content": system})
     if raw is None:
         if "instruction" in obj and "output" in obj:
             ins, inp, out = obj["instruction"], obj.get("input") or "", obj["output"]
@@ -56,7 +61,9 @@ def normalise(obj: Any) -> list[dict[str, str]]:
             user = f"{ins}\n\n{inp}" if inp.strip() else ins
             return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
         raise SkipSample("no conversation (need messages, conversations or instruction/output)")
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list):
+        raise SkipSample(f"field '{key}' is not a list")
+    if not raw:
         raise SkipSample("empty conversation")
     for i, m in enumerate(raw, 1):
         if not isinstance(m, dict):

@@ -139,6 +139,10 @@ def load_tokenizer(model_cfg: Any) -> Any:
     from transformers import AutoTokenizer
 
     where = model_cfg.tokenizer or str(resolve_hf_folder(model_cfg.path))
+    if not Path(where).exists():  # else tried as a hub id, with retries
+        raise CptError(f"tokenizer not found: {where} (no such folder)")
+    if Path(where).is_file():
+        raise CptError(f"cannot load a tokenizer from {where}: a file, not a tokenizer folder")
     try:
         return AutoTokenizer.from_pretrained(where, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -20,6 +20,7 @@ save of that step replaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -196,6 +197,24 @@ def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, sched
 
     rank, world = _rank_world()
     state = validate_checkpoint(path, world)
-    strategy.load(path, model, optimizer, scheduler)
-    set_rng_state(torch.load(path / "rng" / f"rank-{rank}.pt", weights_only=False))
+    with unreadable_as_error(path):
+        strategy.load(path, model, optimizer, scheduler)
+        set_rng_state(torch.load(path / "rng" / f"rank-{rank}.pt", weights_only=False))
     return state
+
+
+@contextlib.contextmanager
+def unreadable_as_error(path: Path):
+    """Turn a failure to read a checkpoint's files (truncated or overwritten ``.pt``/
+    ``.bin`` shards: pickle, zip, EOF or size errors from torch) into one line.
+
+    Raises:
+        CptError: ``PATH: corrupt checkpoint, cannot read it (ErrorType: message)``.
+    """
+    try:
+        yield
+    except CptError:
+        raise
+    except Exception as exc:  # torch.load raises many types on damaged files
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CptError(f"{path}: corrupt checkpoint, cannot read it ({type(exc).__name__}: {first})") from exc

@@ -94,8 +94,11 @@ def check_sources(sources: Sequence[Source], tokenizer: Any) -> list[dict]:
         manifest = read_manifest_any(src.path)
         have = _manifest_tokenizer_hash(manifest)
         if have is not None and have != want:
+            info = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else {}
+            made_with = f"tokenizer {info['name_or_path']} ({info.get('vocab_size')} tokens), " if info.get("name_or_path") else ""
             raise DataError(
-                f"tokenizer mismatch: data was prepared with vocab hash {have}, the model's tokenizer has {want}",
+                f"tokenizer mismatch: data was prepared with {made_with}vocab hash {have}; the model's tokenizer "
+                f"({len(tokenizer)} tokens) has {want}: prepare the data again with the model's tokenizer",
                 path=str(src.path),
             )
         manifests.append(manifest)

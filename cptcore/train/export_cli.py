@@ -20,21 +20,26 @@ def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lo
     import torch
 
     from ..config import load_config
+    from ..errors import CptError
     from ..model.load import load_tokenizer
     from ..model.outdir import prepare_out_dir
     from ..registries import call_provider
     from .build import build_model
-    from .checkpoint import validate_checkpoint
+    from .checkpoint import unreadable_as_error, validate_checkpoint
     from .export import load_checkpoint_weights
 
     ckpt = Path(checkpoint)
     validate_checkpoint(ckpt)
     config = load_config(ckpt / "config.yaml")
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, merge_on_export=merge_lora))
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        # `cpt export` has no --overwrite (prepare_out_dir's own message suggests one)
+        raise CptError(f"output folder {out} exists and is not empty: choose another --out or delete it")
     out_dir = prepare_out_dir(out, overwrite=False)
     torch.manual_seed(config.training.seed)
     model = build_model(config, pm)
-    load_checkpoint_weights(model, ckpt)
+    with unreadable_as_error(ckpt):
+        load_checkpoint_weights(model, ckpt)
     tokenizer = load_tokenizer(config.model)
     return call_provider(pm, "cpt_save", model=model, out_dir=out_dir, config=config, tokenizer=tokenizer)
 
@@ -46,12 +51,22 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
     loaded on its base model (``adapter_config.json``'s ``base_model_name_or_path``).
 
     Raises:
-        ConfigError: bad path.
+        ConfigError: bad path, ``max_new_tokens < 1``, ``temperature < 0``, ``top_p``
+            outside (0, 1], or a prompt that encodes to no token (empty, and the
+            tokenizer adds no BOS).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..errors import ConfigError
     from ..model.load import check_model_path, resolve_hf_folder
+
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not temperature >= 0:
+        raise ConfigError(f"--temperature must be >= 0 (0: greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
 
     p = Path(model_path)
     if (p / "adapter_config.json").is_file():
@@ -67,9 +82,12 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     model.eval()
     torch.manual_seed(seed)
+    encoded = [tokenizer(prompt, return_tensors="pt") for prompt in prompts]
+    for prompt, enc in zip(prompts, encoded):
+        if enc["input_ids"].shape[1] == 0:
+            raise ConfigError(f"--prompt {prompt!r} encodes to no token (this tokenizer adds no BOS): give some text")
     outs = []
-    for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt")
+    for enc in encoded:
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)

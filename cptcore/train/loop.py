@@ -95,7 +95,30 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
         validate_checkpoint(resume)
     elif config.checkpointing.resume == "auto":
         _log(f"--resume auto: no checkpoint in {t.out_dir}/checkpoints, starting fresh")
+    else:
+        check_fresh_out(t.out_dir)
     return resume
+
+
+def check_fresh_out(out_dir: str | Path) -> None:
+    """Refuse to start a fresh run in a folder that holds another run: its
+    ``final/`` would be replaced, its ``metrics.jsonl`` appended to, and a later
+    ``--resume auto`` would pick up the old run's checkpoints.
+
+    Raises:
+        ConfigError: ``out_dir`` holds ``summary.json``, ``final/``,
+            ``logs/metrics.jsonl`` or a ``checkpoints/step-N``.
+    """
+    from .checkpoint import list_checkpoints
+
+    out = Path(out_dir)
+    found = [name for name in ("summary.json", "final", "logs/metrics.jsonl") if (out / name).exists()]
+    found += [f"checkpoints/{p.name}" for p in list_checkpoints(out)[-1:]]
+    if found:
+        raise ConfigError(
+            f"{out} already holds a run ({', '.join(found)}): continue it with --resume auto, "
+            "or choose another --out (or delete the folder)"
+        )
 
 
 def _all_reduce_sum(values: list[float], device: Any, group: Any = None) -> list[float]:
