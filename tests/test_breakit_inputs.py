@@ -195,3 +195,39 @@ def test_sft_row_errors_name_the_field(row, reason):
     with pytest.raises(SkipSample, match=f"^{reason}$"):
         normalise(row)
     assert normalise({"system": None, "messages": [{"role": "user", "content": "q"}]}) == [{"role": "user", "content": "q"}]
+
+
+# ---------------------------------------------------------------- cpt tokenizer expand / cpt model resize
+def test_expand_empty_token_source_and_eval_text_formats(tmp_path, smollm2_tokenizer_dir):
+    from cptcore.tokenizer.expand import expand_tokenizer
+    from cptcore.tokenizer.report import read_eval_texts
+
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty.txt: no pieces to add"):  # was: an unchanged copy, exit 0
+        expand_tokenizer(smollm2_tokenizer_dir, tmp_path / "empty.txt", tmp_path / "out")
+    (tmp_path / "e.json").write_text(json.dumps([{"text": "第一条"}, {"text": ""}, {"text": "第二条"}]))
+    assert read_eval_texts(tmp_path / "e.json") == ["第一条", "第二条"]  # was: the JSON source as one text
+    (tmp_path / "e.jsonl").write_text('{"text": "a"}\n{"text": "b\n')
+    with pytest.raises(DataError, match=r"e.jsonl:2: malformed JSON \(Invalid control character at column 12\)"):
+        read_eval_texts(tmp_path / "e.jsonl")
+
+
+def test_resize_missing_tokenizer_is_one_line(cpt_cli, tmp_path, smollm2_tokenizer_dir):
+    from cptcore.testing import make_tiny_llama
+
+    model = make_tiny_llama(tmp_path / "m", smollm2_tokenizer_dir, hidden_size=16, intermediate_size=32,
+                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    code, out = cpt_cli("model", "resize", "--model", str(model), "--tokenizer", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "r"))
+    assert code == 1 and f"error: no tokenizer in {tmp_path / 'nope'} (no such folder)" in out
+    assert "huggingface.co" not in out  # no hub retries
+
+
+def test_folder_input_includes_gzipped_files(tmp_path):
+    from cptcore.data.readers import expand
+
+    (tmp_path / "d").mkdir()
+    for name in ("a.jsonl.gz", "b.JSONL", "c.txt.gz", "d.bin.gz", "e.parquet"):
+        (tmp_path / "d" / name).write_bytes(b"")
+    names = [p.rsplit("/", 1)[1] for p in expand(InputSpec(str(tmp_path / "d")))]
+    assert names == ["a.jsonl.gz", "b.JSONL", "c.txt.gz", "e.parquet"]  # .gz files were silently left out

@@ -87,18 +87,27 @@ def parse_input(value: str) -> InputSpec:
     return InputSpec(head, weight)
 
 
+def _in_folder(name: str) -> bool:
+    """Whether a file found in a folder input is read: a supported suffix, or
+    JSONL/JSON/text with ``.gz`` after it (``a.jsonl.gz``)."""
+    name = name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return True
+    return name.removesuffix(".gz").endswith(JSONL_SUFFIXES + JSON_SUFFIXES + TEXT_SUFFIXES)
+
+
 def expand(spec: InputSpec) -> list[str]:
     """The files an input names: the path itself, or the sorted matches of a glob.
 
-    A folder means every supported file in it (sorted). Returns an empty list when
+    A folder means every supported file in it, recursively, ``.gz`` ones included
+    (sorted). Returns an empty list when
     nothing matches (the caller reports it as a missing file).
     """
     pattern = os.path.expanduser(spec.pattern)
     if glob.has_magic(pattern):
         return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if os.path.isdir(pattern):
-        suffixes = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES
-        return sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and p.suffix in suffixes)
+        return sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and _in_folder(p.name))
     return [pattern] if os.path.exists(pattern) else []
 
 

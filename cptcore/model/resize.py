@@ -195,6 +195,8 @@ def resize_model_folder(
         old_tok = AutoTokenizer.from_pretrained(mdir)
     except (OSError, ValueError):
         raise CptError(f"no tokenizer in model folder {mdir} (the model's own tokenizer is needed)") from None
+    if not tdir.is_dir():  # else tried as a hub id, with retries
+        raise CptError(f"no tokenizer in {tdir} (no such folder)")
     try:
         new_tok = AutoTokenizer.from_pretrained(tdir)
     except (OSError, ValueError):

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import CptError
+from ..errors import CptError, DataError
 from ..model.outdir import prepare_out_dir
 from .report import compression, hf_encoder, read_eval_texts, write_report
 from .sources import read_candidates
@@ -94,6 +94,8 @@ def expand_tokenizer(
         raise CptError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     chosen = detect_method(base_p) if method == "auto" else method
     candidates = read_candidates(add)
+    if not candidates:
+        raise DataError("no pieces to add (the token source is empty)", path=str(add))
     texts = read_eval_texts(eval_text) if eval_text is not None else None
     report: dict[str, Any] = {"method": chosen, "base": str(base_p), "source": str(add)}
     if chosen == "sentencepiece":

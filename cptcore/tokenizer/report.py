@@ -21,34 +21,31 @@ Encoder = Callable[[list[str]], list[list[int]]]
 
 
 def read_eval_texts(path: str | Path, text_field: str = "text") -> list[str]:
-    """Documents of ``path``: the ``text_field`` of each JSONL line (``.jsonl``), or
+    """Documents of ``path``: the ``text_field`` of each record of a JSONL/JSON/Parquet
+    file (read by :mod:`cptcore.data.readers`; empty ones left out), or
     the whole file as one document (any other suffix).
 
     Raises:
         DataError: missing file, not UTF-8, or a bad JSONL line (``path:line``).
     """
+    from ..data import readers
+
     p = Path(path)
     if not p.is_file():
         raise DataError("evaluation text not found", path=str(p))
-    try:
-        content = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError("not UTF-8 text", path=str(p), line=line) from None
-    if p.suffix != ".jsonl":
-        return [content]
-    texts = []
-    for number, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
+    if readers.file_format(str(p)) == "text" and not p.name.endswith(".gz"):
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg})", path=str(p), line=number) from None
-        text = obj.get(text_field) if isinstance(obj, dict) else None
-        if not isinstance(text, str):
-            raise DataError(f'expected an object with a string "{text_field}" field', path=str(p), line=number)
-        texts.append(text)
+            return [p.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")]
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise DataError("not UTF-8 text", path=str(p), line=line) from None
+    texts = []  # JSONL/JSON/Parquet (.gz too): the same reader and messages as cpt prepare
+    for rec in readers.iter_file(str(p), text_field):
+        if rec.error in ("empty document", "empty file"):
+            continue
+        if rec.error:
+            raise DataError(rec.error, path=rec.path, line=rec.line)
+        texts.append(rec.text if rec.text is not None else (rec.source or "") + (rec.target or ""))
     return texts
 
 
