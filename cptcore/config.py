@@ -379,8 +379,8 @@ def parse_options(cls: type | None, values: Mapping[str, Any], *, owner: str, co
         ConfigError: unknown option (with did-you-mean) or wrong type.
     """
     def src(key: str) -> str:
-        if config is None:
-            return owner
+        if config is None:  # plain options (cpt prepare's --set packer.KEY=...)
+            return f"--set {section}.{key}" if section else owner
         return config.source(f"{section}.{key}" if section else key)
 
     if cls is None:

@@ -231,3 +231,21 @@ def test_folder_input_includes_gzipped_files(tmp_path):
         (tmp_path / "d" / name).write_bytes(b"")
     names = [p.rsplit("/", 1)[1] for p in expand(InputSpec(str(tmp_path / "d")))]
     assert names == ["a.jsonl.gz", "b.JSONL", "c.txt.gz", "e.parquet"]  # .gz files were silently left out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--out", "FILE"), "--out FILE exists and is not a folder"),  # was a NotADirectoryError traceback
+    (("--shuffle-window", "-3"), "--shuffle-window must be >= 0"),  # was accepted
+    (("--num-proc", "0"), "--num-proc must be >= 1, got 0"),
+    (("--set", "packer.lst=keep"), "--set packer.lst: unknown option for packer 'splice'"),  # owner was repeated
+])
+def test_prepare_option_errors(cpt_cli, smollm2_tokenizer_dir, tmp_path, extra, message):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "hello"}\n')
+    extra = tuple(str(good) if x == "FILE" else x for x in extra)
+    message = message.replace("FILE", str(good))
+    args = ["prepare", "pretrain", "--tokenizer", str(smollm2_tokenizer_dir), "--input", str(good), "--no-progress"]
+    if "--out" not in extra:
+        args += ["--out", str(tmp_path / "o")]
+    code, out = cpt_cli(*args, *extra)
+    assert code == 1 and f"error: {message}" in out and "Traceback" not in out, out

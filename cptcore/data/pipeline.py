@@ -67,8 +67,11 @@ def _validate(args: PrepareArgs) -> None:
         raise ConfigError(f"--long-doc must be one of {', '.join(LONG_DOC)}, got {args.long_doc!r}")
     if args.mix not in ("downsample", "upsample"):
         raise ConfigError(f"--mix must be downsample or upsample, got {args.mix!r}")
-    if args.num_shards < 1 or args.num_proc < 1:
-        raise ConfigError("--num-shards and --num-proc must be >= 1")
+    for flag, value in (("--num-shards", args.num_shards), ("--num-proc", args.num_proc)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.shuffle_window < 0:
+        raise ConfigError(f"--shuffle-window must be >= 0 (0: keep input order), got {args.shuffle_window}")
     if not args.inputs:
         raise ConfigError("give at least one --input")
 
@@ -81,6 +84,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         ConfigError: ``out`` is not empty (without ``overwrite``), or is not empty and
             not a prepared folder (with it).
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"--out {out} exists and is not empty (use --overwrite)")
