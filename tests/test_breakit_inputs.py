@@ -249,3 +249,18 @@ def test_prepare_option_errors(cpt_cli, smollm2_tokenizer_dir, tmp_path, extra, 
         args += ["--out", str(tmp_path / "o")]
     code, out = cpt_cli(*args, *extra)
     assert code == 1 and f"error: {message}" in out and "Traceback" not in out, out
+
+
+def test_train_data_weights(tmp_path, monkeypatch):
+    from cptcore.train.data import Source, parse_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run:1").mkdir()
+    (tmp_path / "d").mkdir()
+    assert parse_source("run:1") == Source(tmp_path.joinpath("run:1").relative_to(tmp_path), 1.0)  # literal folder
+    assert parse_source("d:0.25").weight == 0.25
+    with pytest.raises(ConfigError, match="the weight 'abc' is not a number"):  # was "d:abc: not found"
+        parse_source("d:abc")
+    for bad in ("d:inf", "d:nan", "d:0"):
+        with pytest.raises(ConfigError, match="must be > 0 and finite"):
+            parse_source(bad)

@@ -30,22 +30,27 @@ class Source:
 
 
 def parse_source(spec: str) -> Source:
-    """``"PATH[:WEIGHT]"`` -> :class:`Source` (a suffix that is not a number is part of
-    the path).
+    """``"PATH[:WEIGHT]"`` -> :class:`Source`. A path that exists as written is literal
+    (a folder named ``run:1``); otherwise a suffix that is not a number is part of the
+    path, unless the path before it exists (then it is a mistyped weight).
 
     Raises:
-        ConfigError: weight <= 0.
+        ConfigError: weight not a positive finite number; ``PATH:abc`` with PATH existing.
     """
+    import math
+    import os
+
     path, weight = spec, 1.0
-    if ":" in spec:
+    if ":" in spec and not os.path.exists(spec):
         head, tail = spec.rsplit(":", 1)
         try:
             weight = float(tail)
             path = head
         except ValueError:
-            pass
-    if not weight > 0:
-        raise ConfigError(f"data weight must be > 0 in '{spec}'")
+            if head and os.path.exists(head):
+                raise ConfigError(f"--data {spec}: the weight {tail!r} is not a number (PATH:WEIGHT)") from None
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ConfigError(f"data weight must be > 0 and finite in '{spec}'")
     return Source(Path(path), weight)
 
 
