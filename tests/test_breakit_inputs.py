@@ -264,3 +264,16 @@ def test_train_data_weights(tmp_path, monkeypatch):
     for bad in ("d:inf", "d:nan", "d:0"):
         with pytest.raises(ConfigError, match="must be > 0 and finite"):
             parse_source(bad)
+
+
+def test_empty_eval_folder_is_refused_before_the_model_loads(tmp_path, smollm2_tokenizer_dir):
+    from cptcore.data.manifest import tokenizer_vocab_hash
+    from cptcore.data.tokenize import load_tokenizer
+    from cptcore.train.data import Source, check_sources
+
+    tok = load_tokenizer(str(smollm2_tokenizer_dir))
+    (tmp_path / "e").mkdir()
+    manifest = {"format_version": 1, "kind": "pretrain", "packs": 0, "tokenizer": {"vocab_hash": tokenizer_vocab_hash(tok)}}
+    (tmp_path / "e" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"e: empty dataset \(0 rows\)"):  # was found only after loading the model
+        check_sources([Source(tmp_path / "e", 1.0)], tok)

@@ -106,6 +106,8 @@ def check_sources(sources: Sequence[Source], tokenizer: Any) -> list[dict]:
                 f"({len(tokenizer)} tokens) has {want}: prepare the data again with the model's tokenizer",
                 path=str(src.path),
             )
+        if manifest.get("packs") == 0:  # found here, before the model is loaded
+            raise DataError("empty dataset (0 rows)", path=str(src.path))
         manifests.append(manifest)
     return manifests
 
