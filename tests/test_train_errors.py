@@ -105,3 +105,23 @@ def test_corrupt_or_partial_checkpoint_on_resume(cpt_cli, env, tmp_path):
 def test_dry_run_flag_exists(cpt_cli, env, tmp_path):
     code, output = _run(cpt_cli, env, tmp_path, "--dry-run")
     assert "no such option" not in output.lower()
+
+
+def test_resume_past_max_steps_is_one_line(cpt_cli, env, tmp_path):
+    ck = tmp_path / "old" / "checkpoints" / "step-5"
+    for rel in ("model", "optimizer", "rng"):
+        (ck / rel).mkdir(parents=True)
+    (ck / "trainer_state.json").write_text(json.dumps({"step": 5, "world_size": 1}))
+    for rel in ("lr_scheduler.pt", "config.yaml", "rng/rank-0.pt"):
+        (ck / rel).write_text("x")
+    # was: resumed, ran 0 steps, re-exported step 5 as OUT/final with "final loss None"
+    code, output = _run(cpt_cli, env, tmp_path, "--resume", str(ck))
+    assert code == 1 and f"{ck} is at step 5, past training.max_steps=1" in _one_line(output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fresh_run_into_a_finished_run_is_refused(cpt_cli, env, tmp_path):
+    (tmp_path / "out" / "final").mkdir(parents=True)
+    (tmp_path / "out" / "summary.json").write_text("{}")
+    code, output = _run(cpt_cli, env, tmp_path)
+    assert code == 1 and "already holds a run (summary.json, final): continue it with --resume auto" in _one_line(output)

@@ -92,7 +92,12 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     check_sources([parse_source(s) for s in [*config.data.train, *config.data.eval]], load_tokenizer(config.model))
     resume = resolve_resume(config.checkpointing.resume, t.out_dir)
     if resume is not None:
-        validate_checkpoint(resume)
+        done = int(validate_checkpoint(resume)["step"])
+        if done > t.max_steps:
+            raise ConfigError(
+                f"{resume} is at step {done}, past training.max_steps={t.max_steps}: "
+                "raise --max-steps to continue it (or export it with cpt export)"
+            )
     elif config.checkpointing.resume == "auto":
         _log(f"--resume auto: no checkpoint in {t.out_dir}/checkpoints, starting fresh")
     else:
