@@ -277,3 +277,20 @@ def test_empty_eval_folder_is_refused_before_the_model_loads(tmp_path, smollm2_t
     (tmp_path / "e" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"e: empty dataset \(0 rows\)"):  # was found only after loading the model
         check_sources([Source(tmp_path / "e", 1.0)], tok)
+
+
+def test_run_config_records_absolute_input_paths(tmp_path, monkeypatch):
+    """The config.yaml in OUT and in every checkpoint named the model and data relative to
+    where cpt train ran, so `cpt export CKPT` from another directory said 'model not found'."""
+    from cptcore.config import load_config
+    from cptcore.train.loop import absolute_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "with:colon").mkdir()
+    cfg = load_config(None, overrides={"model.path": "m", "model.tokenizer": "t", "data.train": ["a:0.5", "with:colon", "b"],
+                                       "data.eval": ["/abs/e"], "training.out_dir": "runs/x"})
+    got = absolute_inputs(cfg)
+    assert (got.model.path, got.model.tokenizer) == (f"{tmp_path}/m", f"{tmp_path}/t")
+    assert got.data.train == [f"{tmp_path}/a:0.5", f"{tmp_path}/with:colon", f"{tmp_path}/b"]
+    assert got.data.eval == ["/abs/e"] and got.training.out_dir == "runs/x"
+    assert got.source("model.path") == "command line"

@@ -182,6 +182,35 @@ def evaluate(strategy: Any, model: Any, hf_model: Any, config: Any, pad_id: int 
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(count)}
 
 
+def absolute_inputs(config: Any) -> Any:
+    """``config`` with ``model.path``, ``model.tokenizer`` and every ``data.train``/
+    ``data.eval`` folder made absolute (weights kept), so the ``config.yaml`` written
+    into ``OUT`` and every checkpoint works from any directory (``cpt export``,
+    ``--resume PATH``); relative paths are otherwise relative to where ``cpt train`` ran.
+    """
+    import dataclasses
+    import os
+
+    from .data import parse_source
+
+    def spec(value: str) -> str:
+        src = parse_source(value)
+        if src.path.is_absolute():
+            return value
+        if Path(value) == src.path:  # no weight suffix
+            return os.path.abspath(value)
+        return f"{os.path.abspath(value.rsplit(':', 1)[0])}:{value.rsplit(':', 1)[1]}"
+
+    model = config.model
+    model = dataclasses.replace(
+        model,
+        path=os.path.abspath(model.path) if model.path else model.path,
+        tokenizer=os.path.abspath(model.tokenizer) if model.tokenizer else model.tokenizer,
+    )
+    data = dataclasses.replace(config.data, train=[spec(v) for v in config.data.train], eval=[spec(v) for v in config.data.eval])
+    return dataclasses.replace(config, model=model, data=data)
+
+
 def train(config: Any, pm: Any) -> dict:
     """Run a whole training job as described by ``config``; returns the summary dict
     (also written to ``OUT/summary.json`` by rank 0).
@@ -192,6 +221,7 @@ def train(config: Any, pm: Any) -> dict:
     from .launch import check_fingerprints, init_distributed
 
     resume = precheck(config, pm)
+    config = absolute_inputs(config)
     out = Path(config.training.out_dir)
     rank, world = init_distributed(config.training.seed)
     check_fingerprints(pm)
