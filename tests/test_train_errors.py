@@ -48,6 +48,11 @@ def _one_line(output: str) -> str:
     (("--freeze", "everything"), "training.freeze: unknown 'everything'"),
     (("--set", "schedule.warmup_steps=5"), "schedule.warmup_steps (5) must be in [0, max_steps=1]"),
     (("--set", "lora.enabled=true", "--freeze", "non-embeddings"), "exclude each other"),
+    # were torch tracebacks after the model had loaded
+    (("--lr", "-1"), "optimizer.lr must be a positive finite number, got -1.0"),
+    (("--set", "optimizer.betas=[0.9, 1.5]"), "optimizer.betas must be two numbers in [0, 1)"),
+    (("--set", "optimizer.eps=-1"), "optimizer.eps must be >= 0"),
+    (("--set", "optimizer.weight_decay=-0.1"), "optimizer.weight_decay must be >= 0"),
 ])
 def test_config_errors(cpt_cli, env, tmp_path, extra, message):
     code, output = _run(cpt_cli, env, tmp_path, *extra)

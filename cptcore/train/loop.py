@@ -79,6 +79,7 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     if config.lora.enabled and t.freeze != "none":
         raise ConfigError("--freeze non-embeddings and lora.enabled exclude each other (use lora.train_embeddings)")
     lr_lambda(config.schedule.name, config.schedule.warmup_steps, t.max_steps, config.schedule.min_lr_ratio)
+    check_optimizer(config.optimizer)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"strategy.precision must be fp32, bf16 or fp16, got '{config.strategy.precision}'")
     validate_strategy(config, pm, world_size)  # world: the launcher passes nproc x nnodes
@@ -103,6 +104,24 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     else:
         check_fresh_out(t.out_dir)
     return resume
+
+
+def check_optimizer(opt: Any) -> None:
+    """The AdamW values torch would reject only after the model is loaded (with a
+    traceback), checked first.
+
+    Raises:
+        ConfigError: ``lr`` not > 0 and finite; ``eps``, ``weight_decay`` or
+            ``grad_clip`` < 0; ``betas`` not two numbers in [0, 1).
+    """
+    if not (opt.lr > 0 and math.isfinite(opt.lr)):
+        raise ConfigError(f"optimizer.lr must be a positive finite number, got {opt.lr}")
+    for key in ("eps", "weight_decay", "grad_clip"):
+        if not getattr(opt, key) >= 0:
+            raise ConfigError(f"optimizer.{key} must be >= 0, got {getattr(opt, key)}")
+    betas = list(opt.betas)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas}")
 
 
 def check_fresh_out(out_dir: str | Path) -> None:
