@@ -53,6 +53,7 @@ def _one_line(output: str) -> str:
     (("--set", "optimizer.betas=[0.9, 1.5]"), "optimizer.betas must be two numbers in [0, 1)"),
     (("--set", "optimizer.eps=-1"), "optimizer.eps must be >= 0"),
     (("--set", "optimizer.weight_decay=-0.1"), "optimizer.weight_decay must be >= 0"),
+    (("--noise", "neftune", "--set", "noise.alpha=-1"), "noise 'neftune': alpha must be >= 0"),  # was after the model load
 ])
 def test_config_errors(cpt_cli, env, tmp_path, extra, message):
     code, output = _run(cpt_cli, env, tmp_path, *extra)

@@ -84,7 +84,10 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
         raise ConfigError(f"strategy.precision must be fp32, bf16 or fp16, got '{config.strategy.precision}'")
     validate_strategy(config, pm, world_size)  # world: the launcher passes nproc x nnodes
     if config.noise.name:
-        pm.registry("noise").get(config.noise.name)
+        from ..config import parse_options
+
+        nspec = pm.registry("noise").get(config.noise.name)  # options too, before the model loads
+        parse_options(nspec.options, config.noise.options, owner=f"noise '{nspec.name}'", config=config, section="noise")
     for name in config.logging.loggers:
         pm.registry("loggers").get(name)
     from ..model.load import load_tokenizer
