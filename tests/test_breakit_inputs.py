@@ -294,3 +294,8 @@ def test_run_config_records_absolute_input_paths(tmp_path, monkeypatch):
     assert got.data.train == [f"{tmp_path}/a:0.5", f"{tmp_path}/with:colon", f"{tmp_path}/b"]
     assert got.data.eval == ["/abs/e"] and got.training.out_dir == "runs/x"
     assert got.source("model.path") == "command line"
+
+
+def test_templates_show_tokenizer_template_without_tokenizer_says_what_to_pass(cpt_cli):
+    code, out = cpt_cli("templates", "--show", "tokenizer")
+    assert code == 1 and "error: chat template 'tokenizer' needs a tokenizer: pass --tokenizer DIR" in out

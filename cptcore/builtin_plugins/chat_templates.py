@@ -150,8 +150,10 @@ def render_tokenizer(messages, *, tokenizer=None, options=None) -> list[Segment]
         ConfigError: no tokenizer / no chat_template, or a template whose renderings of
             successive prefixes are not prefixes of each other.
     """
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("chat template 'tokenizer' needs a tokenizer with a chat_template")
+    if tokenizer is None:
+        raise ConfigError("chat template 'tokenizer' needs a tokenizer: pass --tokenizer DIR")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"chat template 'tokenizer': {getattr(tokenizer, 'name_or_path', 'the tokenizer')} has no chat_template; pick another --template")
     msgs = list(messages)
     if options is not None and getattr(options, "system", "") and (not msgs or msgs[0]["role"] != "system"):
         msgs = [{"role": "system", "content": options.system}, *msgs]
