@@ -300,12 +300,31 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps
+    the last one silently: ``model:`` written twice dropped the first section)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict.
 
     Raises:
-        ConfigError: missing file, YAML syntax error (with its line), or a top level that
-            is not a mapping.
+        ConfigError: missing file, not UTF-8, YAML syntax error or a key repeated in a
+            mapping (with its line), or a top level that is not a mapping.
     """
     import yaml
 
@@ -313,7 +332,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: invalid UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_unique_key_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)

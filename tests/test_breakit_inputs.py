@@ -299,3 +299,17 @@ def test_run_config_records_absolute_input_paths(tmp_path, monkeypatch):
 def test_templates_show_tokenizer_template_without_tokenizer_says_what_to_pass(cpt_cli):
     code, out = cpt_cli("templates", "--show", "tokenizer")
     assert code == 1 and "error: chat template 'tokenizer' needs a tokenizer: pass --tokenizer DIR" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"model: {path: a}\ntraining: {max_steps: 2}\nmodel: {path: b}\n", r":3: invalid YAML: key 'model' appears twice"),  # was: last wins
+    (b"training:\n  seed: 1\n  seed: 2\n", r":3: invalid YAML: key 'seed' appears twice"),
+    (b"model: {path: a}\n\xff\n", r":2: invalid UTF-8"),  # was a UnicodeDecodeError traceback
+])
+def test_config_file_mistakes_name_the_line(tmp_path, content, message):
+    from cptcore.config import load_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"^{cfg}{message}"):
+        load_config(cfg)
