@@ -131,3 +131,13 @@ def test_fresh_run_into_a_finished_run_is_refused(cpt_cli, env, tmp_path):
     (tmp_path / "out" / "summary.json").write_text("{}")
     code, output = _run(cpt_cli, env, tmp_path)
     assert code == 1 and "already holds a run (summary.json, final): continue it with --resume auto" in _one_line(output)
+
+
+def test_resume_auto_without_checkpoint_starts_a_clean_metrics_file(cpt_cli, env, tmp_path):
+    logs = tmp_path / "out" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 98.0}\n')  # killed before a save
+    code, output = _run(cpt_cli, env, tmp_path, "--resume", "auto")
+    assert code == 0, output
+    rows = [json.loads(l) for l in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and rows[0]["loss"] != 99.0  # the old lines were appended to before

@@ -325,8 +325,9 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
 
     loggers = []
     if rank == 0:
-        if resume is not None:
-            truncate_jsonl(out / "logs" / "metrics.jsonl", state.step)
+        # resumed: drop what a killed run logged past the checkpoint; fresh (only reachable
+        # with an old metrics.jsonl through --resume auto finding no checkpoint): drop all
+        truncate_jsonl(out / "logs" / "metrics.jsonl", state.step if resume is not None else 0)
         loggers = make_loggers(pm, config.logging.loggers, out / "logs", config)
     progress = Progress(t.max_steps, state.step, config.logging.progress and rank == 0)
     loader = Loader(data, sampler, pad_id, block_mask=False)
