@@ -313,3 +313,17 @@ def test_config_file_mistakes_name_the_line(tmp_path, content, message):
     cfg.write_bytes(content)
     with pytest.raises(ConfigError, match=f"^{cfg}{message}"):
         load_config(cfg)
+
+
+def test_sft_turns_cut_to_max_length_are_counted(cpt_cli, smollm2_tokenizer_dir, tmp_path):
+    turns = []
+    for i in range(6):
+        turns += [{"role": "user", "content": f"question number {i} about something"},
+                  {"role": "assistant", "content": f"answer number {i} is fairly long text here"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
+    code, out = cpt_cli("prepare", "sft", "--tokenizer", str(smollm2_tokenizer_dir), "--input", str(tmp_path / "c.jsonl"),
+                        "--max-length", "64", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 0, out
+    tokens = json.loads((tmp_path / "o" / "manifest.json").read_text())["tokens"]
+    assert tokens["out"] == 52 and tokens["truncated"] == 104  # was 0: the cut turns vanished from the counts
+    assert tokens["in"] == tokens["out"] + tokens["truncated"] + tokens["skipped"]

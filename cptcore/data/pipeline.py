@@ -213,7 +213,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     executor = Executor(args.num_proc, fn, fn_args)
     progress = Progress(total_bytes, args.progress, f"prepare {args.kind}")
     try:
-        for i, (rec, reason, ids, labels) in mixer:
+        for i, (rec, reason, ids, labels, cut) in mixer:
             st = stats[i]
             st.read += 1
             progress.advance(rec.nbytes, 0 if reason else len(ids))
@@ -226,7 +226,8 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
             if len(ids) and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
                 bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
                 raise DataError(f"token id {bad} outside the vocabulary (size {vocab_size}): check the tokenize plugin", path=rec.path, line=rec.line or None)
-            st.tokens_in += len(ids)
+            st.tokens_in += len(ids) + cut  # cut: turns an SFT conversation lost to max_length
+            st.tokens_truncated += cut
             doc = Doc(ids, labels, i)
             if args.kind == "sft" or (splits and args.long_doc == "split"):
                 pieces = [doc]

@@ -94,10 +94,19 @@ def segments_to_text(segments: Sequence[Any]) -> tuple[str, list[tuple[int, int]
 def encode_conversation(
     tokenizer: Any, template: Any, options: Any, messages: Sequence[dict], max_length: int
 ) -> tuple[list[int], list[int]]:
+    """:func:`encode_conversation_counted` without the count of cut tokens."""
+    ids, labels, _cut = encode_conversation_counted(tokenizer, template, options, messages, max_length)
+    return ids, labels
+
+
+def encode_conversation_counted(
+    tokenizer: Any, template: Any, options: Any, messages: Sequence[dict], max_length: int
+) -> tuple[list[int], list[int], int]:
     """Render and tokenize one conversation; labels from character offsets.
 
     When longer than ``max_length`` tokens, keep the longest prefix of whole turns that
-    ends with an assistant turn and fits. Returns ``(input_ids, labels)``.
+    ends with an assistant turn and fits. Returns ``(input_ids, labels, cut)`` with
+    ``cut`` the tokens of the turns left out (counted as ``tokens.truncated``).
 
     Raises:
         SkipSample: ``"no assistant turn"``, ``"longer than max_length"`` (not even the
@@ -108,6 +117,7 @@ def encode_conversation(
     segs = template.render(messages, tokenizer=tokenizer, options=options)
     text, spans = segments_to_text(segs)
     ids, labels, offsets = encode_with_spans(tokenizer, text, spans)
+    full = len(ids)
     if len(ids) > max_length:
         starts = [o[0] for o in offsets]
         best = 0
@@ -125,4 +135,4 @@ def encode_conversation(
         ids, labels = ids[:best], labels[:best]
     if all(x == IGNORE for x in labels):
         raise SkipSample("no assistant tokens")
-    return ids, labels
+    return ids, labels, full - len(ids)

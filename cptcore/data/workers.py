@@ -28,6 +28,7 @@ class ChunkResult:
     ids: np.ndarray
     labels: np.ndarray | None
     starts: np.ndarray
+    cut: list | None = None  # per record: tokens left out by SFT turn cutting (None: 0)
 
 
 def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,19 +76,20 @@ def pretrain_chunk(tokenize_fn: Callable, tokenizer_path: str, add_bos, add_eos,
 def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int, items: list) -> ChunkResult:
     """``items``: ``("obj", row)`` or ``("error", reason)``; renders and tokenizes each
     conversation (:func:`cptcore.data.sft.encode_conversation`)."""
-    from .sft import SkipSample, encode_conversation, normalise
+    from .sft import SkipSample, encode_conversation_counted, normalise
     from .tokenize import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path)
-    ids_list, lab_list, reasons = [], [], []
+    ids_list, lab_list, reasons, cut = [], [], [], []
     for kind, payload in items:
+        cut.append(0)
         if kind == "error":
             reasons.append(payload)
             ids_list.append(())
             lab_list.append(())
             continue
         try:
-            ids, labels = encode_conversation(tok, template, options, normalise(payload), max_length)
+            ids, labels, cut[-1] = encode_conversation_counted(tok, template, options, normalise(payload), max_length)
         except SkipSample as exc:
             reasons.append(str(exc))
             ids_list.append(())
@@ -97,7 +99,7 @@ def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int,
         ids_list.append(ids)
         lab_list.append(labels)
     ids, starts = _flatten(ids_list)
-    return ChunkResult(reasons, ids, _flatten(lab_list)[0], starts)
+    return ChunkResult(reasons, ids, _flatten(lab_list)[0], starts, cut)
 
 
 _JOB: tuple | None = None  # (fn, args) of the running preparation, inherited by forked workers
@@ -174,8 +176,9 @@ class _Future:
 class ChunkStream:
     """Records of one input, tokenized in chunks with a bounded look-ahead.
 
-    Iterating yields ``(record, reason, ids, labels)`` in file order; ``reason`` is None
-    for usable records (``ids``/``labels`` int32 arrays), else the skip reason.
+    Iterating yields ``(record, reason, ids, labels, cut)`` in file order; ``reason`` is
+    None for usable records (``ids``/``labels`` int32 arrays), else the skip reason;
+    ``cut`` counts tokens left out of the record (SFT turn cutting), else 0.
     """
 
     def __init__(
@@ -221,4 +224,4 @@ class ChunkStream:
                 a, b = int(res.starts[i]), int(res.starts[i + 1])
                 ids = res.ids[a:b]
                 labels = ids if res.labels is None else res.labels[a:b]
-                yield rec, res.reasons[i], ids, labels
+                yield rec, res.reasons[i], ids, labels, (res.cut[i] if res.cut else 0)
