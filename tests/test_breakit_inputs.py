@@ -327,3 +327,14 @@ def test_sft_turns_cut_to_max_length_are_counted(cpt_cli, smollm2_tokenizer_dir,
     tokens = json.loads((tmp_path / "o" / "manifest.json").read_text())["tokens"]
     assert tokens["out"] == 52 and tokens["truncated"] == 104  # was 0: the cut turns vanished from the counts
     assert tokens["in"] == tokens["out"] + tokens["truncated"] + tokens["skipped"]
+
+
+def test_folder_input_skips_a_prepared_output_inside_it(tmp_path):
+    from cptcore.data.readers import expand
+
+    (tmp_path / "d" / "prep").mkdir(parents=True)
+    (tmp_path / "d" / "a.jsonl").write_text('{"text": "a"}\n')
+    for name in ("dataset_info.json", "state.json", "manifest.json"):  # `--input d --out d/prep` wrote these
+        (tmp_path / "d" / "prep" / name).write_text("{}")
+    assert expand(InputSpec(str(tmp_path / "d"))) == [str(tmp_path / "d" / "a.jsonl")]  # were read as documents
+    assert expand(InputSpec(str(tmp_path / "d" / "prep"))) == []  # a prepared folder holds no raw documents

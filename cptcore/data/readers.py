@@ -96,18 +96,32 @@ def _in_folder(name: str) -> bool:
     return name.removesuffix(".gz").endswith(JSONL_SUFFIXES + JSON_SUFFIXES + TEXT_SUFFIXES)
 
 
+def _inside_prepared(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in an Arrow dataset folder under ``root`` (a ``cpt prepare``
+    output: ``dataset_info.json`` + ``state.json``), whose JSON files are not documents
+    (``--input data/ --out data/prepared`` would read them on the next run)."""
+    for folder in path.parents:
+        if (folder / "dataset_info.json").is_file() and (folder / "state.json").is_file():
+            return True
+        if folder == root:
+            return False
+    return False
+
+
 def expand(spec: InputSpec) -> list[str]:
     """The files an input names: the path itself, or the sorted matches of a glob.
 
     A folder means every supported file in it, recursively, ``.gz`` ones included
-    (sorted). Returns an empty list when
+    (sorted), except inside Arrow dataset folders (earlier ``cpt prepare`` outputs).
+    Returns an empty list when
     nothing matches (the caller reports it as a missing file).
     """
     pattern = os.path.expanduser(spec.pattern)
     if glob.has_magic(pattern):
         return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if os.path.isdir(pattern):
-        return sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and _in_folder(p.name))
+        found = [p for p in Path(pattern).rglob("*") if p.is_file() and _in_folder(p.name)]
+        return sorted(str(p) for p in found if not _inside_prepared(p, Path(pattern)))
     return [pattern] if os.path.exists(pattern) else []
 
 
