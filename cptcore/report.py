@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 METRICS_RELPATH = Path("logs") / "metrics.jsonl"
 REPORT_DIRNAME = "report"
@@ -282,7 +282,10 @@ def write_report(run_dir: str | Path, *, baseline_perplexity: float | None = Non
     Raises:
         DataError: the run folder or its metrics file is missing, empty or malformed
             (naming file and line); ``summary.json`` is not valid JSON.
+        ConfigError: ``baseline_perplexity`` is not a positive finite number.
     """
+    if baseline_perplexity is not None and not (math.isfinite(baseline_perplexity) and baseline_perplexity > 0):
+        raise ConfigError(f"--baseline-perplexity must be a positive finite number, got {baseline_perplexity}")
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError("run folder not found", path=str(run))

@@ -137,3 +137,13 @@ def test_cli_writes_report_and_prints_summary(tmp_path, cpt_cli):
     assert (run / "report" / "curves.png").is_file()
     code, _ = cpt_cli("report", str(run), "--out", str(tmp_path / "elsewhere"))
     assert code == 0 and (tmp_path / "elsewhere" / "summary.md").is_file()
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "nan", "inf"])
+def test_bad_baseline_perplexity_is_a_one_line_error(tmp_path, cpt_cli, value):
+    run = _write_run(tmp_path, _synthetic())
+    code, output = cpt_cli("report", str(run), "--baseline-perplexity", value)
+    assert code == 1, output
+    assert "--baseline-perplexity must be a positive finite number" in output
+    assert output.startswith("error: --baseline-perplexity") and "Traceback" not in output
+    assert not (run / "report" / "summary.md").exists()

@@ -105,3 +105,10 @@ def test_sources_errors_name_file_and_line(tmp_path: Path, name: str, content: b
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         read_candidates(path)
+
+
+def test_train_help_names_the_prepare_formats(cpt_cli) -> None:
+    code, out = cpt_cli("tokenizer", "train", "--help")
+    assert code == 0, out
+    flat = " ".join(out.replace("│", " ").split())
+    assert "JSONL/JSON/Parquet" in flat and ".gz" in flat and ".jsonl or plain" not in flat

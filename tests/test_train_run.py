@@ -77,6 +77,11 @@ def test_run_outputs_layout_metrics_and_export(env, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s == json.loads(json.dumps(summary))
     assert s["tokens_trained"] == rows[-1]["tokens_seen"] and s["final_eval_loss"] == rows[3]["eval_loss"]
+    # throughput: training steps only vs the whole run (eval, checkpoints, export included)
+    assert 0 < s["step_time_s"] <= s["train_time_s"] <= s["wall_time_s"]
+    assert s["tokens_per_second"] == pytest.approx(s["tokens_this_run"] / s["step_time_s"], rel=0.05)
+    assert s["wall_tokens_per_second"] == pytest.approx(s["tokens_this_run"] / s["wall_time_s"], rel=0.05)
+    assert s["tokens_per_second"] > s["wall_tokens_per_second"] > 0
     # OUT/final: HF folder with identical logits to the last checkpoint's weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

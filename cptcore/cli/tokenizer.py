@@ -9,7 +9,7 @@ import typer
 
 
 def train_command(
-    inputs: list[Path] = typer.Option(..., "--input", help="Training text: .jsonl (a text field) or plain text; repeatable."),
+    inputs: list[Path] = typer.Option(..., "--input", help="Training text, as `cpt prepare` reads it: JSONL/JSON/Parquet (the --text-field) or plain text (one document per line), .gz too; one file, repeatable."),
     vocab_size: int = typer.Option(..., "--vocab-size", help="Pieces in the model (meta pieces included)."),
     out: Path = typer.Option(..., "--out", help="Output folder: tokenizer.model and train_report.json."),
     model_type: str = typer.Option("bpe", "--model-type", help="bpe (mergeable into LLaMA/Mistral), unigram, char or word."),
@@ -21,7 +21,7 @@ def train_command(
     ),
     shuffle: bool = typer.Option(True, "--shuffle/--no-shuffle", help="Reservoir-sample lines (else take the first ones)."),
     split_digits: bool = typer.Option(True, "--split-digits/--no-split-digits", help="Every digit is its own piece."),
-    text_field: str = typer.Option("text", "--text-field", help="JSONL field holding the text."),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL/JSON/Parquet field holding the text."),
     seed: int = typer.Option(0, "--seed", help="Seed of SentencePiece's sampler."),
     threads: int = typer.Option(2, "--threads", help="Trainer threads."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),

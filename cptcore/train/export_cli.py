@@ -95,5 +95,26 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
             kwargs.update(do_sample=False)
         with torch.no_grad():
             ids = model.generate(**enc, **kwargs)
-        outs.append(tokenizer.decode(ids[0], skip_special_tokens=True))
+        outs.append(decode_complete(tokenizer, ids[0].tolist()))
     return outs
+
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def decode_complete(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Decode ``ids`` (special tokens skipped), dropping trailing tokens that hold only
+    part of a multi-byte UTF-8 character (cut at ``max_new_tokens``), which would
+    otherwise decode to a trailing U+FFFD. At most 3 tokens are dropped (a character is
+    at most 4 bytes). A literal U+FFFD generated as the very last character is dropped
+    too (the decoded string cannot tell it from a cut one; it carries no text anyway).
+    """
+    ids = list(ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if not text.endswith(REPLACEMENT_CHAR):
+        return text
+    for cut in range(1, min(3, len(ids)) + 1):
+        shorter = tokenizer.decode(ids[:-cut], skip_special_tokens=True)
+        if not shorter.endswith(REPLACEMENT_CHAR):
+            return shorter
+    return text

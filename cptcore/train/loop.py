@@ -332,6 +332,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
     progress = Progress(t.max_steps, state.step, config.logging.progress and rank == 0)
     loader = Loader(data, sampler, pad_id, block_mask=False)
     start_time = time.time()
+    step_time = 0.0  # sum of step wall times (forward/backward/optimizer), no eval/checkpoint
     metrics: dict = {}
     eval_metrics: dict = {}
     model.train()
@@ -367,6 +368,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
             state.loss_tokens += int(n_tokens)
             state.sampler = sampler.state_dict()
             dt = time.time() - step_start
+            step_time += dt
             metrics = {
                 "loss": loss_total / n_tokens if n_tokens else float("nan"),
                 "lr": lr, "grad_norm": grad_norm,
@@ -413,14 +415,18 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         "tokens_this_run": trained - (0 if resume is None else int(json.loads((Path(resume) / "trainer_state.json").read_text())["tokens_seen"])),
         "wall_time_s": round(wall, 3),
         "train_time_s": round(time.time() - start_time, 3),
+        "step_time_s": round(step_time, 3),
         "tokens_per_second": 0.0,
+        "wall_tokens_per_second": 0.0,
         "final_loss": metrics.get("loss"),
         "final_eval_loss": eval_metrics.get("eval_loss"),
         "final_eval_perplexity": eval_metrics.get("eval_perplexity"),
         "world_size": world, "strategy": strategy.name, "final_dir": str(final_dir),
     }
-    if summary["train_time_s"] > 0:
-        summary["tokens_per_second"] = summary["tokens_this_run"] / summary["train_time_s"]
+    if step_time > 0:  # training steps only
+        summary["tokens_per_second"] = summary["tokens_this_run"] / step_time
+    if wall > 0:  # whole run: setup, eval, checkpoints and export included
+        summary["wall_tokens_per_second"] = summary["tokens_this_run"] / wall
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         _log(f"done: {state.step} steps, final loss {summary['final_loss']}, export in {final_dir}")
