@@ -17,7 +17,7 @@ demo: install  ## the main job: SmolLM2-135M continual pretraining on bundled Ch
 	$(BIN)/cpt quickstart
 
 test: install  ## the whole test suite (slow multi-process tests included)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: install  ## skip the slow multi-process and real-model tests
 	$(BIN)/python -m pytest -q -m "not slow"
