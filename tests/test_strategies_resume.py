@@ -15,28 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_support import DATA, prepare, tiny_model
+from train_support import DATA, KILLER_PLUGIN, prepare, tiny_model
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CPT = [sys.executable, "-m", "cptcore.cli.main"]
 
-KILLER = '''
-import os, signal
-from cptcore.hookspecs import hookimpl
-from cptcore.specs import LoggerSpec
-
-class _Killer:
-    def log(self, metrics, step):
-        if step == int(os.environ.get("CPT_TEST_KILL_AT", "0")):
-            os.kill(os.getpid(), signal.SIGKILL)
-    def close(self):
-        pass
-
-@hookimpl
-def cpt_register_loggers():
-    return [LoggerSpec(name="killer", create=lambda d, c: _Killer())]
-'''
 
 
 def _cpt(args, **env):
@@ -63,7 +47,7 @@ def test_hybrid3d_pipeline_sigkill_resume_is_bit_identical(tmp_path, smollm2_tok
     model = tiny_model(tmp_path / "model", smollm2_tokenizer_dir)
     data = prepare(tmp_path / "data", smollm2_tokenizer_dir, [str(DATA / "zh_poetry_sample.jsonl")], max_length=64)
     killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
+    killer.write_text(KILLER_PLUGIN)
 
     def args(out):
         return ["--plugin", str(killer), "train", "--model", str(model), "--data", str(data), "--out", str(out),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_support import DATA, prepare, tiny_model
+from train_support import DATA, KILLER_PLUGIN, prepare, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 CPT = [sys.executable, "-m", "cptcore.cli.main"]
@@ -60,27 +60,11 @@ def _final(out):
     return load_file(out / "final" / "model.safetensors")
 
 
-KILLER = '''
-import os, signal
-from cptcore.hookspecs import hookimpl
-from cptcore.specs import LoggerSpec
-
-class _Killer:
-    def log(self, metrics, step):
-        if step == int(os.environ["CPT_TEST_KILL_AT"]):
-            os.kill(os.getpid(), signal.SIGKILL)
-    def close(self):
-        pass
-
-@hookimpl
-def cpt_register_loggers():
-    return [LoggerSpec(name="killer", create=lambda d, c: _Killer())]
-'''
 
 
 def test_sigkill_and_resume_is_bit_identical(env, tmp_path):
     killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
+    killer.write_text(KILLER_PLUGIN)
     ref = _cpt(["--plugin", str(killer), *_args(env, tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-3000:]
     cut_args = ["--plugin", str(killer), *_args(env, tmp_path / "cut", "--set", "logging.loggers=[jsonl,killer]")]

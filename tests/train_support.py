@@ -43,3 +43,23 @@ def run_config(out: Path, model: Path, train: list[str], eval_: list[str] | None
     }
     overrides.update({k.replace("__", "."): v for k, v in sets.items()})
     return load_config(None, overrides=overrides)
+
+
+# A logger plugin that SIGKILLs its own process when it logs step $CPT_TEST_KILL_AT:
+# the kill-and-resume tests load it with `cpt --plugin killer.py`.
+KILLER_PLUGIN = '''
+import os, signal
+from cptcore.hookspecs import hookimpl
+from cptcore.specs import LoggerSpec
+
+class _Killer:
+    def log(self, metrics, step):
+        if step == int(os.environ.get("CPT_TEST_KILL_AT", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
+    def close(self):
+        pass
+
+@hookimpl
+def cpt_register_loggers():
+    return [LoggerSpec(name="killer", create=lambda d, c: _Killer())]
+'''
