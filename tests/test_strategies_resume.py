@@ -69,3 +69,8 @@ def test_hybrid3d_pipeline_sigkill_resume_is_bit_identical(tmp_path, smollm2_tok
     wa = load_file(tmp_path / "ref" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "cut" / "final" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a sharded (pipeline-parallel) checkpoint exports in one process, equal to OUT/final
+    exported = _cpt(["export", str(tmp_path / "ref" / "checkpoints" / "step-5"), "--out", str(tmp_path / "exported")])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    we = load_file(next((tmp_path / "exported").glob("*.safetensors")))
+    assert we.keys() == wa.keys() and all(torch.equal(we[k].to(wa[k].dtype), wa[k]) for k in wa)

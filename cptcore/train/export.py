@@ -61,7 +61,7 @@ def load_checkpoint_weights(model: Any, ckpt_dir: Path) -> None:
     folder = ckpt_dir / "model"
     index = folder / "pytorch_model.bin.index.json"
     if not index.is_file():
-        raise CptError(f"{ckpt_dir}: no model/pytorch_model.bin.index.json (not a cptcore checkpoint, or written by a strategy that needs 'cpt export' under torchrun)")
+        raise CptError(f"{ckpt_dir}: no model/pytorch_model.bin.index.json (not a cptcore checkpoint folder)")
     files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     state: dict = {}
     for name in files:
