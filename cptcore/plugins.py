@@ -173,7 +173,9 @@ def make_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name if hasattr(exc, 'plugin_name') else exc.plugin}': {exc}") from exc
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        problem = str(exc).split(" in plugin ")[0]  # pluggy appends the plugin's repr
+        raise PluginError(f"plugin '{name}': {problem}") from exc
     return pm
 
 

@@ -86,12 +86,14 @@ def add_listing_commands(app: typer.Typer, pm: Any) -> None:
     ) -> None:
         """List loaded plugins: version, source, hooks implemented, names provided, load failures."""
         if hook is not None and not hasattr(pm.hook, hook):
+            from types import SimpleNamespace
+
             from ..registry import Registry
 
-            names = Registry("hook")
-            for h in sorted(n for n in dir(pm.hook) if n.startswith("cpt_")):
-                names.add(type("H", (), {"name": h, "aliases": ()})(), "core")
-            names.get(hook)  # raises "unknown hook ...; did you mean ..."
+            hooks: Registry = Registry("hook")  # reuse its "did you mean" message
+            for h in (n for n in dir(pm.hook) if n.startswith("cpt_")):
+                hooks.add(SimpleNamespace(name=h), "core")
+            hooks.get(hook)  # raises "unknown hook ...; did you mean ..."
         rows = plugin_rows(pm, hook)
         _, errors = provided_names(pm)
         if as_json:
