@@ -30,22 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-try:
-    from _machine import print_table, write_result  # noqa: E402  (shared by all benchmarks)
-except ImportError:  # pragma: no cover - minimal stand-in if the shared helper is absent
-    import platform
-
-    def write_result(name, payload):
-        out = Path(__file__).resolve().parent / "results" / f"{name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        machine = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_cores": __import__("os").cpu_count()}
-        out.write_text(json.dumps({"benchmark": name, "machine": machine, **payload}, indent=2) + "\n")
-        return out
-
-    def print_table(title, columns, rows):
-        print(title)
-        for row in [columns, *rows]:
-            print(" | ".join(f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row))
+from _machine import print_table, write_result  # noqa: E402  (shared by all benchmarks)
 
 BUNDLED = [
     ROOT / "cptcore/assets/data/zh_law_train.jsonl",
