@@ -76,11 +76,9 @@ def smollm2_gguf() -> Path:
 
 def smollm2_hf_dir() -> Path:
     """SmolLM2-135M-Instruct as a clean Hugging Face folder (safetensors + fixed
-    tokenizer), imported from the GGUF once with ``cpt model import-gguf`` and cached."""
-    out = cache_dir() / "smollm2" / "hf"
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
-        return out
-    from .model.gguf import import_gguf
+    tokenizer), imported from the GGUF once and cached, through the same cache (and file
+    lock) that ``cpt train --model FILE.gguf`` uses
+    (:func:`cptcore.model.load.resolve_hf_folder`)."""
+    from .model.load import resolve_hf_folder
 
-    import_gguf(smollm2_gguf(), out, overwrite=True)
-    return out
+    return resolve_hf_folder(str(smollm2_gguf()))
