@@ -322,6 +322,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         if scheduler is not None and scheduler.last_epoch != state.step:
             raise CptError(f"{resume}: LR scheduler is at update {scheduler.last_epoch}, trainer state at step {state.step}")
         _log(f"resumed from {resume} at step {state.step} (epoch {sampler.epoch}, micro-batch {sampler.position})")
+    tokens_at_start = state.tokens_seen
 
     loggers = []
     if rank == 0:
@@ -382,7 +383,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
             if (t.eval_every and state.step % t.eval_every == 0) or final:
                 eval_metrics = evaluate(strategy, model, hf_model, config, pad_id, block, mask_dtype)
                 metrics.update(eval_metrics)
-            if rank == 0 and (state.step % max(1, config.logging.log_every) == 0 or final or eval_metrics and "eval_loss" in metrics):
+            if rank == 0 and (state.step % max(1, config.logging.log_every) == 0 or final or "eval_loss" in metrics):
                 for lg in loggers:
                     lg.log(metrics, state.step)
             progress.update(state.step, f"loss {metrics['loss']:.4f}")
@@ -412,7 +413,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         "steps": state.step,
         "resumed_from": str(resume) if resume is not None else None,
         "tokens_trained": trained,
-        "tokens_this_run": trained - (0 if resume is None else int(json.loads((Path(resume) / "trainer_state.json").read_text())["tokens_seen"])),
+        "tokens_this_run": trained - tokens_at_start,
         "wall_time_s": round(wall, 3),
         "train_time_s": round(time.time() - start_time, 3),
         "step_time_s": round(step_time, 3),
