@@ -70,6 +70,12 @@ def build_row(docs: Sequence[Doc], length: int | None, pad_id: int) -> Row:
     ids = np.concatenate([d.input_ids for d in docs]) if docs else np.zeros(0, np.int32)
     lab = np.concatenate([d.labels for d in docs]) if docs else np.zeros(0, np.int32)
     pos = np.concatenate([np.arange(len(d), dtype=np.int32) for d in docs]) if docs else np.zeros(0, np.int32)
+    return pad_row(ids, lab, pos, length, pad_id)
+
+
+def pad_row(ids: np.ndarray, lab: np.ndarray, pos: np.ndarray, length: int | None, pad_id: int) -> Row:
+    """A :class:`Row` of ``ids``/``lab``/``pos`` padded to ``length`` (pad labels -100,
+    pad positions restarting at 0); no padding when ``length`` is None or reached."""
     n_pad = 0 if length is None else length - ids.shape[0]
     if n_pad > 0:
         ids = np.concatenate([ids, np.full(n_pad, pad_id, np.int32)])
@@ -145,17 +151,8 @@ class SplicePacker:
         self._ids, self._labels, self._starts = [ids[rest]], [lab[rest]], [starts[rest]]
         self._n = ids.shape[0] - k * L
         if final and self._n:
-            tail = Doc(ids[rest], lab[rest])
-            tail_row = Row(ids[rest], lab[rest], positions_from_starts(starts[rest]))
-            if self.options.last == "pad":
-                n_pad = L - self._n
-                tail_row = Row(
-                    np.concatenate([tail.input_ids, np.full(n_pad, self.pad_id, np.int32)]),
-                    np.concatenate([tail.labels, np.full(n_pad, IGNORE, np.int32)]),
-                    np.concatenate([tail_row.position_ids, np.arange(n_pad, dtype=np.int32)]),
-                    n_pad,
-                )
-            rows.append(tail_row)
+            length = L if self.options.last == "pad" else None
+            rows.append(pad_row(ids[rest], lab[rest], positions_from_starts(starts[rest]), length, self.pad_id))
             self._ids, self._labels, self._starts, self._n = [], [], [], 0
         return rows
 
