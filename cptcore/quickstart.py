@@ -118,7 +118,7 @@ def heldout_perplexity(model_dir: str | Path, data_dir: str | Path, micro_batch_
 
     from .config import ModelConfig
     from .model.load import load_model
-    from .train.data import block_causal_mask, eval_batches, read_manifest_any
+    from .train.data import eval_batches, read_manifest_any
     from .train.strategy import count_label_tokens, token_loss_sum
 
     model = load_model(ModelConfig(path=str(model_dir)), log=lambda _msg: None)
@@ -128,10 +128,9 @@ def heldout_perplexity(model_dir: str | Path, data_dir: str | Path, micro_batch_
     block = getattr(model, "cpt_attn_implementation", "sdpa") != "flash_attention_2"
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in eval_batches([Path(data_dir)], micro_batch_size, 1, 0, pad_id, block_mask=False, limit=max_batches):
-            kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-            if block:
-                kwargs["attention_mask"] = block_causal_mask(batch["position_ids"], dtype)
+        for batch in eval_batches([Path(data_dir)], micro_batch_size, 1, 0, pad_id, block_mask=block, limit=max_batches,
+                                  mask_dtype=dtype):
+            kwargs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
             logits = model(**kwargs, use_cache=False).logits
             total += float(token_loss_sum(logits, batch["labels"]))
             count += count_label_tokens(batch["labels"])

@@ -178,7 +178,7 @@ def evaluate(strategy: Any, model: Any, hf_model: Any, config: Any, pad_id: int 
     """
     import torch
 
-    from .data import block_causal_mask, eval_batches, parse_source
+    from .data import eval_batches, parse_source
     from .strategy import count_label_tokens, token_loss_sum
 
     if not config.data.eval:
@@ -188,9 +188,7 @@ def evaluate(strategy: Any, model: Any, hf_model: Any, config: Any, pad_id: int 
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in eval_batches(folders, config.training.micro_batch_size, strategy.dp_size, strategy.dp_rank,
-                                  pad_id, block_mask=False, limit=config.training.eval_batches):
-            if block:
-                batch["attention_mask"] = block_causal_mask(batch["position_ids"], mask_dtype)
+                                  pad_id, block_mask=block, limit=config.training.eval_batches, mask_dtype=mask_dtype):
             batch = {k: v.to(strategy.device) for k, v in batch.items()}
             hf_model.cpt_real_lengths = batch["lengths"]
             logits = strategy.forward(model, batch)
@@ -267,7 +265,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
     from ..registries import call_provider
     from . import build
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import Loader, block_causal_mask, seq_length
+    from .data import Loader, seq_length
     from .metrics import Progress, make_loggers, peak_memory_mb, truncate_jsonl
     from .optim import param_groups, scheduler_factory, strip_names
     from .strategy import count_label_tokens
@@ -331,7 +329,7 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         truncate_jsonl(out / "logs" / "metrics.jsonl", state.step if resume is not None else 0)
         loggers = make_loggers(pm, config.logging.loggers, out / "logs", config)
     progress = Progress(t.max_steps, state.step, config.logging.progress and rank == 0)
-    loader = Loader(data, sampler, pad_id, block_mask=False)
+    loader = Loader(data, sampler, pad_id, block_mask=block, mask_dtype=mask_dtype)
     start_time = time.time()
     step_time = 0.0  # sum of step wall times (forward/backward/optimizer), no eval/checkpoint
     metrics: dict = {}
@@ -353,8 +351,6 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
             lr = scheduler.get_last_lr()[0] if scheduler is not None else config.optimizer.lr
             loss_sum = 0.0
             for i, batch in enumerate(batches):
-                if block:
-                    batch["attention_mask"] = block_causal_mask(batch["position_ids"], mask_dtype)
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
                 hf_model.cpt_real_lengths = batch["lengths"]
                 loss_sum += float(strategy.forward_backward(model, optimizer, batch, normaliser, sync=i == accum - 1))
