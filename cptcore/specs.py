@@ -114,6 +114,13 @@ class ChatTemplate:
             token. Label masks are computed from the tokenizer's character offsets of
             these segments, never by tokenizing fragments separately.
         options: dataclass of template knobs (e.g. a default system prompt).
+        special_tokens: every special token the template writes as literal text (e.g.
+            ``("<|im_start|>", "<|im_end|>")``). Before any conversation is encoded, each
+            must be one token of the tokenizer (encoding it alone gives one id); a
+            tokenizer lacking one is refused with a :class:`cptcore.errors.ConfigError`
+            naming it (else ``"</s>"`` would be split into ``'</', 's', '>'`` and trained as
+            the end of turn). Tokens taken from the tokenizer itself
+            (``tokenizer.eos_token``) need not be listed.
     """
 
     name: str
@@ -121,6 +128,7 @@ class ChatTemplate:
     description: str = ""
     options: type | None = None
     aliases: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def test_prepare_blank_file_stops_or_is_counted(cpt_cli, smollm2_tokenizer_dir, 
     code, out = cpt_cli(*base, "--input", str(good), "--input", str(blank), "--out", str(tmp_path / "b"), "--on-error", "skip")
     assert code == 0, out
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert m["documents"] == {"read": 2, "packed": 1, "skipped": {"empty file": 1}}
+    assert m["documents"] == {"read": 2, "packed": 1, "skipped": {"empty file": 1}, "not_read": 0}
 
 
 def test_missing_tokenizer_folder_is_one_line_without_hub_lookup(cpt_cli, tmp_path):

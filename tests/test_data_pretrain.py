@@ -57,7 +57,7 @@ def test_exact_ids_mistral_bos_eos_and_row_schema(cpt_pm, mistral_tokenizer_dir,
     assert real_stream(ds) == [x for t in texts for x in [1, *sp.encode(t), 2]]
     assert ds.features["input_ids"].feature.dtype == "int32"
     assert m["pad_id"] == 0 and m["tokenizer"]["bos_id"] == 1 and m["tokenizer"]["eos_id"] == 2
-    assert m["tokens"] == {"in": 11, "out": 11, "pad": 5, "truncated": 0, "skipped": 0, "labels": 11}
+    assert m["tokens"] == {"in": 11, "out": 11, "pad": 5, "truncated": 0, "skipped": 0, "labels": 11, "dropped": 0}
     assert m["packs"] == 2 and m["useful_token_fraction"] == 11 / 16
     m2 = run(cpt_pm, mistral_tokenizer_dir, [src], tmp_path / "nobos", max_length=8, add_bos=False, add_eos=False)
     assert load(tmp_path / "nobos")["input_ids"][0][:4] == [22557, 1526, 22557, 1526]
@@ -156,7 +156,7 @@ def test_manifest_schema(cpt_pm, mistral_tokenizer_dir, smollm2_tokenizer_dir, d
     mis, smol = load_tokenizer(str(mistral_tokenizer_dir)), load_tokenizer(str(smollm2_tokenizer_dir))
     assert on_disk["tokenizer"]["vocab_hash"] == tokenizer_vocab_hash(mis) != tokenizer_vocab_hash(smol)
     inp = on_disk["inputs"][0]
-    assert inp["documents"] == {"read": 467, "packed": 467, "skipped": {}} and inp["achieved_proportion"] == 1.0
+    assert inp["documents"] == {"read": 467, "packed": 467, "skipped": {}, "not_read": 0} and inp["achieved_proportion"] == 1.0
     with pytest.raises(DataError, match="no manifest.json"):
         read_manifest(tmp_path)
 
@@ -194,7 +194,7 @@ def test_bad_input_skipped_and_counted_read_equals_packed_plus_skipped(cpt_pm, m
         "malformed JSON": 1, "invalid UTF-8": 1, "missing field 'text'": 1, "field 'text' is not a string": 1,
         "empty document": 1, "not a JSON object": 1,
     }
-    assert m["inputs"][0]["documents"] == {"read": 8, "packed": 2, "skipped": skipped}
+    assert m["inputs"][0]["documents"] == {"read": 8, "packed": 2, "skipped": skipped, "not_read": 0}
     assert m["inputs"][1]["documents"]["skipped"] == {"empty file": 1}
     assert m["inputs"][2]["documents"]["skipped"] == {"missing file": 1}
     d = m["documents"]

@@ -157,7 +157,7 @@ def test_prepare_sft_skips_and_counts_samples_without_assistant_tokens(cpt_pm, s
         ],
     )
     m = run(cpt_pm, smollm2_tokenizer_dir, [src], tmp_path / "out", max_length=64)
-    assert m["documents"] == {"read": 4, "packed": 2, "skipped": {"longer than max_length": 1, "no assistant turn": 1}}
+    assert m["documents"] == {"read": 4, "packed": 2, "skipped": {"longer than max_length": 1, "no assistant turn": 1}, "not_read": 0}
     ds = load(tmp_path / "out")
     assert ds["input_ids"] == [[1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198, 31041, 2, 198]] * 2
     assert ds["position_ids"][0] == list(range(13))

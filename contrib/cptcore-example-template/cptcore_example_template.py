@@ -18,4 +18,11 @@ def render_zephyr(messages, *, tokenizer=None, options=None):
 
 @hookimpl
 def cpt_register_chat_templates():
-    return [ChatTemplate(name="zephyr", render=render_zephyr, description="Zephyr (HuggingFaceH4) turns")]
+    # "</s>" is written as text: declare it, so that cptcore refuses a tokenizer that
+    # lacks it (it would be split into ordinary pieces and trained as the end of turn).
+    # <|user|> etc. are plain text in Zephyr's own tokenizer, so they are not listed.
+    return [
+        ChatTemplate(
+            name="zephyr", render=render_zephyr, description="Zephyr (HuggingFaceH4) turns", special_tokens=("</s>",)
+        )
+    ]

@@ -3,19 +3,24 @@
 Each ``render(messages, *, tokenizer, options)`` returns segments whose texts concatenate
 to the whole conversation; ``train=True`` marks the assistant's content and its
 end-of-turn token. Special tokens are written as text (the fast tokenizer parses them
-back into single ids). ``tokenizer`` may be ``None`` (``cpt templates --show``): then the
-usual token strings are used and no vocabulary check is made.
+back into single ids); each spec declares the literal special tokens it writes
+(``ChatTemplate.special_tokens``), checked against the tokenizer by
+:func:`cptcore.data.sft.check_template_tokens` before any conversation is encoded.
+``tokenizer`` may be ``None`` (``cpt templates --show``): then the usual token strings
+are used and no vocabulary check is made.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..specs import ChatTemplate, Segment
+
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+LLAMA3_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 COLOSSAL_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -34,29 +39,6 @@ class ColossalOptions:
     system: str = COLOSSAL_SYSTEM  # the seed's default system prompt
 
 
-_vocab_checked: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
-
-
-def require_tokens(tokenizer: Any, template: str, tokens: Sequence[str]) -> None:
-    """Raise ConfigError when the tokenizer lacks a special token the template writes
-    (it would be split into ordinary pieces and the template would be meaningless).
-    Checked once per tokenizer object."""
-    if tokenizer is None:
-        return
-    key = tuple(tokens)
-    done = _vocab_checked.setdefault(tokenizer, set())
-    if key in done:
-        return
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        raise ConfigError(
-            f"chat template '{template}' needs the special token(s) {', '.join(missing)}, "
-            f"which tokenizer {getattr(tokenizer, 'name_or_path', '')} lacks; pick another --template"
-        )
-    done.add(key)
-
-
 def _bos_eos(tokenizer: Any) -> tuple[str, str]:
     if tokenizer is None:
         return "<s>", "</s>"
@@ -71,7 +53,6 @@ def _system(messages: Sequence[dict], options: Any) -> tuple[str, list[dict]]:
 
 
 def render_chatml(messages, *, tokenizer=None, options=None) -> list[Segment]:
-    require_tokens(tokenizer, "chatml", ["<|im_start|>", "<|im_end|>"])
     system, msgs = _system(messages, options)
     segs = [Segment(f"<|im_start|>system\n{system}<|im_end|>\n")] if system else []
     for m in msgs:
@@ -85,8 +66,6 @@ def render_chatml(messages, *, tokenizer=None, options=None) -> list[Segment]:
 
 
 def render_llama3(messages, *, tokenizer=None, options=None) -> list[Segment]:
-    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    require_tokens(tokenizer, "llama3", specials)
     system, msgs = _system(messages, options)
     segs = [Segment("<|begin_of_text|>")]
     if system:
@@ -184,8 +163,9 @@ def render_tokenizer(messages, *, tokenizer=None, options=None) -> list[Segment]
 @hookimpl
 def cpt_register_chat_templates():
     return [
-        ChatTemplate("chatml", render_chatml, "<|im_start|>role ... <|im_end|> (SmolLM2, Qwen)", TemplateOptions),
-        ChatTemplate("llama3", render_llama3, "LLaMA-3 header/eot format", TemplateOptions),
+        ChatTemplate("chatml", render_chatml, "<|im_start|>role ... <|im_end|> (SmolLM2, Qwen)", TemplateOptions,
+                     special_tokens=CHATML_TOKENS),
+        ChatTemplate("llama3", render_llama3, "LLaMA-3 header/eot format", TemplateOptions, special_tokens=LLAMA3_TOKENS),
         ChatTemplate("llama2", render_llama2, "LLaMA-2 [INST] ... [/INST] format (also Mistral)", TemplateOptions),
         ChatTemplate("colossal", render_colossal, "the seed's Human:/Assistant: format (Colossal-LLaMA)", ColossalOptions),
         ChatTemplate("tokenizer", render_tokenizer, "the tokenizer's own Jinja chat_template", TemplateOptions),

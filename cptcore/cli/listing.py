@@ -13,17 +13,25 @@ from ..specs import REGISTRY_KINDS
 
 
 def _option_summary(spec: Any) -> str:
+    """``key=value, ...`` of the options a spec runs with when the user sets none: the
+    options class defaults with the spec's ``preset`` applied over them (how ``zero1``
+    is the zero options with ``stage=1``), in field order; preset keys the class does
+    not declare are appended."""
     cls = getattr(spec, "options", None)
+    preset = dict(getattr(spec, "preset", None) or {})
     if cls is None or not dataclasses.is_dataclass(cls):
-        return ""
+        return ", ".join(f"{k}={v!r}" for k, v in preset.items())
     parts = []
     for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
+        if f.name in preset:
+            parts.append(f"{f.name}={preset.pop(f.name)!r}")
+        elif f.default is not dataclasses.MISSING:
             parts.append(f"{f.name}={f.default!r}")
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             parts.append(f"{f.name}={f.default_factory()!r}")  # type: ignore[misc]
         else:
             parts.append(f.name)
+    parts.extend(f"{k}={v!r}" for k, v in preset.items())
     return ", ".join(parts)
 
 
@@ -166,7 +174,10 @@ def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
     if tokenizer:
         from ..data.tokenize import load_tokenizer
 
+        from ..data.sft import check_template_tokens
+
         tok = load_tokenizer(tokenizer)
+        check_template_tokens(spec, tok)
     options = spec.options() if spec.options is not None else None
     segments = spec.render(list(SAMPLE_CONVERSATION), tokenizer=tok, options=options)
     console = Console()

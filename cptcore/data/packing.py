@@ -9,6 +9,12 @@ is its own "document", so it never attends to real tokens).
 
 A packer (made by ``PackerSpec.make(max_length, pad_id, options)``) has ``add(doc) ->
 list[Row]`` and ``flush() -> list[Row]``; it holds a bounded buffer.
+
+No packer emits a row without a label token (every label -100): such a row trains
+nothing, and the mean loss over its zero label tokens is 0/0 = NaN (the ColossalAI
+#5370 pattern). The built-in packers drop such a row and count it, with its non-pad
+tokens, in their ``dropped`` (:class:`Dropped`); ``cpt prepare`` also drops any that a
+plugin packer returns, and counts them the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +51,33 @@ class Row:
     labels: np.ndarray
     position_ids: np.ndarray
     n_pad: int = 0
+
+
+@dataclass
+class Dropped:
+    """Rows not emitted because none of their tokens carries a label, and the number of
+    non-pad tokens in them."""
+
+    rows: int = 0
+    tokens: int = 0
+
+
+def has_label(row: Row) -> bool:
+    """Whether at least one token of ``row`` carries a label (is not -100)."""
+    return bool((row.labels != IGNORE).any())
+
+
+def trainable(rows: Sequence[Row], dropped: Dropped) -> list[Row]:
+    """``rows`` without those that have no label token; each one left out is counted
+    in ``dropped`` (rows, and their non-pad tokens)."""
+    kept = []
+    for r in rows:
+        if has_label(r):
+            kept.append(r)
+        else:
+            dropped.rows += 1
+            dropped.tokens += int(r.input_ids.shape[0]) - r.n_pad
+    return kept
 
 
 def make_doc(input_ids: Sequence[int], labels: Sequence[int] | None = None, source: int = 0) -> Doc:
@@ -84,11 +117,44 @@ def pad_row(ids: np.ndarray, lab: np.ndarray, pos: np.ndarray, length: int | Non
     return Row(ids, lab, pos, max(n_pad, 0))
 
 
+#: Reasons a document with masked tokens is skipped before packing (always counted).
+SOURCE_TOO_LONG = "source longer than max_length"
+NO_TARGET = "no target tokens"
+
+
+def masked_reason(labels: np.ndarray, max_length: int) -> str | None:
+    """Why a document whose ``labels`` (int32 ``[n]``, -100 = masked) are partly masked
+    cannot be packed, or None when it can.
+
+    ``"no target tokens"``: every label is -100 (a ``{source, target}`` row with an
+    empty target and no EOS). ``"source longer than max_length"``: the masked prefix
+    (BOS + source) is at least ``max_length`` tokens, so no row could hold it with one
+    target token; packing it would give rows without a label (a NaN loss). Such
+    records are skipped rather than cut from the left: the target would then be
+    trained on a source without its beginning, which is no longer the record's pair
+    (the SFT path skips an over-long first turn the same way). Every other masked run
+    of a ``{source, target}`` document is shorter than this prefix, and its last token
+    is trained, so no row cut from it (by any packer or ``--long-doc``) lacks a label.
+    """
+    trained = np.flatnonzero(labels != IGNORE)
+    if not trained.size:
+        return NO_TARGET
+    if trained[0] >= max_length:
+        return SOURCE_TOO_LONG
+    return None
+
+
 def fit_long(doc: Doc, max_length: int, policy: str, eos_id: int | None = None) -> list[Doc]:
     """Apply the over-long document policy: ``split`` into ``max_length`` chunks (the
     default), ``truncate`` to the first ``max_length`` tokens (keeping the final
     ``eos_id`` when the document ends with it, so documents stay separated), or
-    ``skip`` (returns ``[]``). Documents that fit are returned as they are."""
+    ``skip`` (returns ``[]``). Documents that fit are returned as they are.
+
+    A piece without any label token (a chunk lying wholly inside a masked span, such
+    as a long ``{source, target}`` source) is left out: it would train nothing. The
+    caller counts what is left out as truncated (``len(doc) - sum(len(pieces))``);
+    ``cpt prepare`` skips such records before this (``source longer than
+    max_length``), so there it never happens."""
     n = len(doc)
     if n <= max_length:
         return [doc]
@@ -97,12 +163,15 @@ def fit_long(doc: Doc, max_length: int, policy: str, eos_id: int | None = None) 
     if policy == "truncate":
         if eos_id is not None and int(doc.input_ids[-1]) == eos_id:
             keep = np.r_[0:max_length - 1, n - 1]
-            return [Doc(doc.input_ids[keep], doc.labels[keep], doc.source)]
-        return [Doc(doc.input_ids[:max_length], doc.labels[:max_length], doc.source)]
-    return [
-        Doc(doc.input_ids[i : i + max_length], doc.labels[i : i + max_length], doc.source)
-        for i in range(0, n, max_length)
-    ]
+            pieces = [Doc(doc.input_ids[keep], doc.labels[keep], doc.source)]
+        else:
+            pieces = [Doc(doc.input_ids[:max_length], doc.labels[:max_length], doc.source)]
+    else:
+        pieces = [
+            Doc(doc.input_ids[i : i + max_length], doc.labels[i : i + max_length], doc.source)
+            for i in range(0, n, max_length)
+        ]
+    return [p for p in pieces if (p.labels != IGNORE).any()]
 
 
 # ----------------------------------------------------------------------------- splice
@@ -112,13 +181,15 @@ def fit_long(doc: Doc, max_length: int, policy: str, eos_id: int | None = None) 
 
 class SplicePacker:
     """Concatenate all documents and cut every ``max_length`` tokens; documents may span
-    rows, nothing is dropped; the last partial row is padded (or kept short) and its
-    padding counted."""
+    rows; the last partial row is padded (or kept short) and its padding counted. Only a
+    row that falls wholly inside masked tokens (possible when masked spans of adjacent
+    documents add up to ``max_length``, e.g. SFT prompts) is dropped, into ``dropped``."""
 
     def __init__(self, max_length: int, pad_id: int, options: SpliceOptions | None = None):
         self.max_length = max_length
         self.pad_id = pad_id
         self.options = options or SpliceOptions()
+        self.dropped = Dropped()
         self._ids: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
@@ -154,7 +225,7 @@ class SplicePacker:
             length = L if self.options.last == "pad" else None
             rows.append(pad_row(ids[rest], lab[rest], positions_from_starts(starts[rest]), length, self.pad_id))
             self._ids, self._labels, self._starts, self._n = [], [], [], 0
-        return rows
+        return trainable(rows, self.dropped)
 
     def flush(self) -> list[Row]:
         if not self._n:
@@ -177,6 +248,7 @@ class GreedyPacker:
         self.max_length = max_length
         self.pad_id = pad_id
         self.options = options or WholeDocOptions()
+        self.dropped = Dropped()
         self._docs: list[Doc] = []
         self._n = 0
 
@@ -195,7 +267,7 @@ class GreedyPacker:
             return []
         row = build_row(self._docs, self.max_length if self.options.pad else None, self.pad_id)
         self._docs, self._n = [], 0
-        return [row]
+        return trainable([row], self.dropped)
 
 
 class BfdPacker:
@@ -209,6 +281,7 @@ class BfdPacker:
         self.max_length = max_length
         self.pad_id = pad_id
         self.options = options or BfdOptions()
+        self.dropped = Dropped()
         self._docs: list[Doc] = []
 
     def add(self, doc: Doc) -> list[Row]:
@@ -237,7 +310,7 @@ class BfdPacker:
             bins[b].append(docs[i])
             bisect.insort(room, (free - need, b))
         length = self.max_length if self.options.pad else None
-        return [build_row(b, length, self.pad_id) for b in bins]
+        return trainable([build_row(b, length, self.pad_id) for b in bins], self.dropped)
 
 
 class PassThrough:
@@ -246,9 +319,10 @@ class PassThrough:
     def __init__(self, max_length: int, pad_id: int, options: object = None):
         self.max_length = max_length
         self.pad_id = pad_id
+        self.dropped = Dropped()
 
     def add(self, doc: Doc) -> list[Row]:
-        return [build_row([doc], None, self.pad_id)]
+        return trainable([build_row([doc], None, self.pad_id)], self.dropped)
 
     def flush(self) -> list[Row]:
         return []

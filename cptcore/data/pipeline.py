@@ -18,8 +18,8 @@ from ..registries import call_provider
 from . import readers
 from .manifest import FORMAT_VERSION, tokenizer_vocab_hash, write_manifest
 from .mixing import Mixer
-from .packing import Doc, PassThrough, fit_long
-from .sft import POLICY_SKIPS
+from .packing import Doc, Dropped, PassThrough, fit_long, masked_reason, trainable
+from .sft import POLICY_SKIPS, check_template_tokens
 from .stats import InputStats, Progress, RowStats, reason_key
 from .workers import ChunkStream, Executor, pretrain_chunk, sft_chunk
 
@@ -142,7 +142,9 @@ def _make_job(pm: Any, args: PrepareArgs, tok: Any) -> tuple[Any, tuple, Any, An
     topts = parse_options(tspec.options, args.template_options, owner=f"template '{tspec.name}'", section="template")
     if topts is None and tspec.options is not None:
         topts = tspec.options()
-    # Fail now, with one line, if the template cannot render with this tokenizer.
+    # Fail now, with one line, if the tokenizer lacks a token the template declares, or
+    # the template cannot render with this tokenizer.
+    check_template_tokens(tspec, tok)
     tspec.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenizer=tok, options=topts)
     return sft_chunk, (tok_path, tspec, topts, args.max_length), _to_item_sft, None, tspec, topts
 
@@ -172,14 +174,22 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     fn, fn_args, to_item, field_name, tspec, topts = _make_job(pm, args, tok)
     stats = [InputStats(s.pattern, s.weight) for s in specs]
 
+    # Records each input's reader has produced (this epoch), read ahead or not, and the
+    # reader itself: what the mixer never took is counted as not read (--mix downsample).
+    seen = [[0, 0] for _ in specs]  # [records, bytes]
+    readers_now: list = [None] * len(specs)
+
     def factory(i: int):
         def make():
             def records():
                 for rec in readers.iter_input(specs[i], field_name):
-                    stats[i].files.add(rec.path)
+                    seen[i][0] += 1
+                    seen[i][1] += rec.nbytes
                     yield rec
 
-            return iter(ChunkStream(records(), to_item, executor, args.chunk_records, args.chunk_bytes))
+            seen[i][0] = seen[i][1] = 0
+            readers_now[i] = records()
+            return iter(ChunkStream(readers_now[i], to_item, executor, args.chunk_records, args.chunk_bytes))
 
         return make
 
@@ -191,10 +201,12 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
 
     writer = ShardWriter(out)
     rows_stats = RowStats()
+    dropped = Dropped()  # rows without a label token that a (plugin) packer returned anyway
     rng = np.random.default_rng(args.seed)
     window: list = []
 
     def emit(rows: list) -> None:
+        rows = trainable(rows, dropped)
         if not rows:
             return
         rows_stats.add(rows)
@@ -216,6 +228,8 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         for i, (rec, reason, ids, labels, cut) in mixer:
             st = stats[i]
             st.read += 1
+            st.bytes_read += rec.nbytes
+            st.files.add(rec.path)
             progress.advance(rec.nbytes, 0 if reason else len(ids))
             if reason:
                 if args.on_error == "stop" and reason not in POLICY_SKIPS:
@@ -229,6 +243,11 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
             st.tokens_in += len(ids) + cut  # cut: turns an SFT conversation lost to max_length
             st.tokens_truncated += cut
             doc = Doc(ids, labels, i)
+            unusable = None if labels is ids else masked_reason(labels, args.max_length)
+            if unusable:
+                st.skipped[unusable] += 1
+                st.tokens_skipped += len(doc)
+                continue
             if args.kind == "sft" or (splits and args.long_doc == "split"):
                 pieces = [doc]
             else:
@@ -246,6 +265,13 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         emit(packer.flush())
         if window:
             flush_window()
+        for i, st in enumerate(stats):
+            # Only --mix downsample leaves an input unfinished (in its first pass); read
+            # the rest of it (parsed, not tokenized) to count what was left out.
+            if not mixer.exhausted[i] and readers_now[i] is not None:
+                for _rec in readers_now[i]:
+                    pass
+                st.not_read, st.bytes_not_read = seen[i][0] - st.read, seen[i][1] - st.bytes_read
         progress.close()
         num_shards = writer.close(args.num_shards)
     except BaseException:
@@ -257,6 +283,10 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
 
     for i, st in enumerate(stats):
         st.epochs, st.exhausted = mixer.epochs[i], mixer.exhausted[i]
+    for d in (dropped, getattr(packer, "dropped", None)):
+        if isinstance(d, Dropped):
+            rows_stats.dropped_rows += d.rows
+            rows_stats.dropped_tokens += d.tokens
     manifest = _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_stats, num_shards, time.perf_counter() - t0)
     write_manifest(out, manifest)
     return manifest
@@ -273,7 +303,10 @@ def _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_st
     for st in stats:
         for k, v in st.skipped.items():
             skipped[k] = skipped.get(k, 0) + v
-    slots = rows_stats.packs * args.max_length
+    # Useful = non-pad tokens over the tokens stored (sum of row lengths): rows padded to
+    # max_length count max_length each, unpadded rows (SFT without a packer) their own
+    # length; padding added per micro-batch at training time is not known here.
+    slots = rows_stats.slots
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": args.kind,
@@ -298,7 +331,9 @@ def _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_st
             "read": sum(s.read for s in stats),
             "packed": sum(s.packed for s in stats),
             "skipped": dict(sorted(skipped.items())),
+            "not_read": sum(s.not_read for s in stats),
         },
+        "bytes": {"read": sum(s.bytes_read for s in stats), "not_read": sum(s.bytes_not_read for s in stats)},
         "tokens": {
             "in": sum(s.tokens_in for s in stats),
             "out": rows_stats.tokens_out,
@@ -306,8 +341,12 @@ def _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_st
             "truncated": sum(s.tokens_truncated for s in stats),
             "skipped": sum(s.tokens_skipped for s in stats),
             "labels": rows_stats.label_tokens,
+            "dropped": rows_stats.dropped_tokens,
         },
         "packs": rows_stats.packs,
+        "packs_without_labels": rows_stats.without_labels,  # must be 0: cpt train refuses the folder otherwise
+        "packs_dropped": rows_stats.dropped_rows,  # rows left out for having no label token
+        "longest_pack": rows_stats.longest,
         "useful_token_fraction": (rows_stats.tokens_out / slots) if slots else 0.0,
         "num_shards": num_shards,
         "seed": args.seed,

@@ -13,8 +13,10 @@ Accepted rows (JSONL/JSON/Parquet objects):
 from __future__ import annotations
 
 import bisect
+import weakref
 from typing import Any, Sequence
 
+from ..errors import ConfigError, PluginError
 from .tokenize import IGNORE, encode_with_spans
 
 ROLES = {
@@ -33,7 +35,49 @@ class SkipSample(Exception):
 
 
 #: Reasons that are not bad input: always skipped and counted, whatever ``--on-error``.
-POLICY_SKIPS = frozenset({"no assistant turn", "longer than max_length", "no assistant tokens"})
+POLICY_SKIPS = frozenset({
+    "no assistant turn", "longer than max_length", "no assistant tokens",
+    "source longer than max_length", "no target tokens",  # {source, target} rows (packing.masked_reason)
+})
+
+
+_tokens_checked: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
+
+
+def check_template_tokens(template: Any, tokenizer: Any) -> None:
+    """Check that ``tokenizer`` has every special token ``template`` (a
+    :class:`~cptcore.specs.ChatTemplate`, built-in or from a plugin) declares in
+    ``special_tokens``: each must encode, alone and without added special tokens, to
+    exactly one id. Checked once per tokenizer object and token set; nothing to check
+    without a tokenizer (``cpt templates --show``).
+
+    Raises:
+        ConfigError: a declared token is not one token of this tokenizer, naming the
+            template, the token(s) and the pieces each would be split into.
+        PluginError: ``special_tokens`` is not a tuple/list of non-empty strings.
+    """
+    tokens = getattr(template, "special_tokens", ()) or ()
+    if tokenizer is None or not tokens:
+        return
+    name = getattr(template, "name", "?")
+    if isinstance(tokens, str) or not all(isinstance(t, str) and t for t in tokens):
+        raise PluginError(f"chat template '{name}': special_tokens must be a tuple of non-empty strings, got {tokens!r}")
+    key = tuple(tokens)
+    done = _tokens_checked.setdefault(tokenizer, set())
+    if key in done:
+        return
+    missing = []
+    for t in key:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = ", ".join(repr(p) for p in tokenizer.convert_ids_to_tokens(ids))
+            missing.append(f"{t} (it would be split into {pieces})")
+    if missing:
+        raise ConfigError(
+            f"chat template '{name}' needs the special token(s) {'; '.join(missing)}, which tokenizer "
+            f"{getattr(tokenizer, 'name_or_path', '')} lacks: pick another --template (or add the token to the tokenizer)"
+        )
+    done.add(key)
 
 
 def normalise(obj: Any) -> list[dict[str, str]]:
@@ -111,7 +155,10 @@ def encode_conversation_counted(
     Raises:
         SkipSample: ``"no assistant turn"``, ``"longer than max_length"`` (not even the
             first assistant turn fits), ``"no assistant tokens"`` (all labels masked).
+        ConfigError: the tokenizer lacks a special token the template declares
+            (:func:`check_template_tokens`).
     """
+    check_template_tokens(template, tokenizer)
     if not any(m["role"] == "assistant" for m in messages):
         raise SkipSample("no assistant turn")
     segs = template.render(messages, tokenizer=tokenizer, options=options)

@@ -93,7 +93,11 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     from ..model.load import load_tokenizer
     from .data import check_sources
 
-    check_sources([parse_source(s) for s in [*config.data.train, *config.data.eval]], load_tokenizer(config.model))
+    sources = [parse_source(s) for s in [*config.data.train, *config.data.eval]]
+    from ..data.manifest import check_labelled
+
+    for src, manifest in zip(sources, check_sources(sources, load_tokenizer(config.model))):
+        check_labelled(manifest, src.path)  # no row without a label token (a NaN loss)
     resume = resolve_resume(config.checkpointing.resume, t.out_dir)
     if resume is not None:
         done = int(validate_checkpoint(resume)["step"])
