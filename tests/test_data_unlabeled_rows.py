@@ -4,10 +4,7 @@ rows, `{source, target}` records whose source fills a row are skipped and counte
 manifest counts unlabeled rows and `cpt train` refuses a folder that has any."""
 
 import json
-import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cptcore.data.manifest import check_labelled, read_manifest, unlabeled_rows

@@ -132,9 +132,10 @@ def masked_reason(labels: np.ndarray, max_length: int) -> str | None:
     target token; packing it would give rows without a label (a NaN loss). Such
     records are skipped rather than cut from the left: the target would then be
     trained on a source without its beginning, which is no longer the record's pair
-    (the SFT path skips an over-long first turn the same way). Every other masked run
-    of a ``{source, target}`` document is shorter than this prefix, and its last token
-    is trained, so no row cut from it (by any packer or ``--long-doc``) lacks a label.
+    (the SFT path skips an over-long first turn the same way). A ``{source, target}``
+    document has one masked run, that prefix, and a trained last token (the target's
+    or EOS), so once the prefix is shorter than a row no row cut from it (by any packer
+    or ``--long-doc`` policy) lacks a label.
     """
     trained = np.flatnonzero(labels != IGNORE)
     if not trained.size:
