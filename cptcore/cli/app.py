@@ -18,11 +18,22 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
+def is_local_rank_zero() -> bool:
+    """True unless this process is a non-zero rank *of its node* (``LOCAL_RANK``)."""
+    return os.environ.get("LOCAL_RANK", "0") in ("", "0")
+
+
 def print_error(exc: BaseException) -> None:
-    """Print ``error: <message>`` (one line, rank 0 only) and the ``CPT_DEBUG`` hint."""
-    if not is_rank_zero():
-        return
+    """Print ``error: <message>`` (one line, by the first rank of every node) and the
+    ``CPT_DEBUG`` hint; under torchrun every rank also records the message for its
+    launcher (:func:`cptcore.train.lifetime.write_error_file`)."""
+    from ..train.lifetime import write_error_file
+
     message = " ".join(str(exc).split("\n")) or type(exc).__name__
+    printing = is_local_rank_zero()
+    write_error_file(message, printed=printing)
+    if not printing:
+        return
     print(f"error: {message}", file=sys.stderr)
     print("hint: set CPT_DEBUG=1 to see the traceback", file=sys.stderr)
 

@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from ..errors import ConfigError
+from .app import is_rank_zero
 
 
 def overrides_from_flags(**flags: Any) -> dict:
@@ -52,17 +53,22 @@ def register(app: typer.Typer, pm: Any) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest checkpoint in OUT) or a checkpoint folder."),
         freeze: Optional[str] = typer.Option(None, "--freeze", help="none | non-embeddings."),
-        nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="Start torchrun with N processes."),
-        nnodes: int = typer.Option(1, "--nnodes", help="Nodes (with --nproc-per-node)."),
-        node_rank: int = typer.Option(0, "--node-rank", help="This node's rank (with --nproc-per-node)."),
-        master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of node 0."),
-        master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port on node 0."),
+        nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="Start N ranks on this node (torchrun's agent runs in this process)."),
+        nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (each runs this command with its --node-rank)."),
+        node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1 (node 0 hosts the rendezvous)."),
+        master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of node 0 (needed with --nnodes > 1)."),
+        master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port on node 0 (default: free port on one node, 29500 on several)."),
+        rendezvous_timeout: float = typer.Option(300.0, "--rendezvous-timeout", help="Seconds to wait for every node to join before failing with the missing node(s) named."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print layout, parameter counts and memory estimate; do not train."),
     ) -> None:
         """Train (continual pretraining or SFT) on prepared data; export to OUT/final."""
         from ..config import load_config
-        from ..train.launch import exec_torchrun, in_launched_process, torchrun_argv
+        from ..train.launch import in_launched_process, launch
+        from ..train.lifetime import tie_to_launcher
 
+        tie_to_launcher()  # a rank started by torchrun dies with its launcher
+        if nproc_per_node is None and nnodes == 1 and (node_rank or master_addr or master_port):
+            raise ConfigError("--node-rank, --master-addr and --master-port need --nproc-per-node or --nnodes > 1")
         overrides = overrides_from_flags(
             model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
             max_steps=max_steps, save_every=save_every, eval_every=eval_every,
@@ -75,22 +81,25 @@ def register(app: typer.Typer, pm: Any) -> None:
 
             run_dry(cfg, pm, nproc_per_node, nnodes, echo=typer.echo)
             return
-        if nproc_per_node is not None and not in_launched_process():
+        launching = (nproc_per_node is not None or nnodes > 1) and not in_launched_process()
+        if launching:
             from ..train.loop import precheck
 
-            precheck(cfg, pm, nproc_per_node * nnodes)  # fail fast, before starting processes
             argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("cpt", "main.py") else None
             if argv is None:
                 raise ConfigError("--nproc-per-node needs to be run from the 'cpt' command line")
-            cmd = torchrun_argv(argv, nproc_per_node, nnodes, node_rank, master_addr, master_port)
-            code = exec_torchrun(cmd)
+            code = launch(argv, nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rendezvous_timeout,
+                          # fail fast, before any process starts
+                          precheck=lambda: precheck(cfg, pm, (nproc_per_node or 1) * nnodes),
+                          echo=lambda line: typer.echo(line, err=True))
             if code:
                 raise typer.Exit(code)
             return
         from ..train.loop import train
 
         summary = train(cfg, pm)
-        typer.echo(f"trained {summary['steps']} steps; final loss {summary['final_loss']}; exported to {summary['final_dir']}")
+        if is_rank_zero():  # the rank that exports OUT/final (train.loop: "rank 0 writes")
+            typer.echo(f"trained {summary['steps']} steps; final loss {summary['final_loss']}; exported to {summary['final_dir']}")
 
     @app.command("export")
     def export_command(

@@ -1,6 +1,10 @@
 """Process-group setup and launching: one process, under ``torchrun``, or
-``cpt train --nproc-per-node N`` which execs ``torchrun`` itself; plus the plugin
-fingerprint every rank compares at start.
+``cpt train --nproc-per-node N`` which runs torchrun's elastic agent in its own process
+(:func:`launch`); plus the plugin fingerprint every rank compares at start.
+
+The launcher is the ranks' parent, so their lifetime is tied to it
+(:mod:`cptcore.train.lifetime`); several nodes first check in at node 0
+(:mod:`cptcore.train.rendezvous`).
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import CptError, ConfigError
+from .lifetime import LAUNCHER_PID_ENV
+
+DEFAULT_MASTER_PORT = 29500
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
 
 
 def _free_port() -> int:
@@ -94,13 +102,15 @@ def check_fingerprints(pm: Any) -> str:
 def torchrun_argv(
     argv: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
     master_addr: str | None = None, master_port: int | None = None,
+    rendezvous_timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
 ) -> list[str]:
     """The ``torchrun`` command line that re-runs ``cpt`` with ``argv`` (minus the
-    launcher flags) on ``nproc_per_node`` processes.
+    launcher flags) on ``nproc_per_node`` processes; ``rendezvous_timeout`` (seconds)
+    bounds torchrun's own static rendezvous.
 
     Raises:
         ConfigError: ``nproc_per_node < 1``, ``nnodes < 1`` or ``node_rank`` out of range,
-            or several nodes without ``--master-addr``.
+            several nodes without ``--master-addr``, or ``rendezvous_timeout <= 0``.
     """
     if nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
@@ -108,16 +118,20 @@ def torchrun_argv(
         raise ConfigError(f"--node-rank {node_rank} must be in [0, --nnodes {nnodes})")
     if nnodes > 1 and not master_addr:
         raise ConfigError("--nnodes > 1 needs --master-addr (the address of node 0)")
+    if not rendezvous_timeout > 0:
+        raise ConfigError(f"--rendezvous-timeout must be > 0 seconds, got {rendezvous_timeout:g}")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
            f"--nnodes={nnodes}", f"--node-rank={node_rank}",
            f"--master-addr={master_addr or '127.0.0.1'}",
            # one node: any free port; several: every node must name the same one
-           f"--master-port={master_port or (_free_port() if nnodes == 1 else 29500)}",
+           f"--master-port={master_port or (_free_port() if nnodes == 1 else DEFAULT_MASTER_PORT)}",
+           f"--rdzv-conf=timeout={max(1, round(rendezvous_timeout))}",
            "-m", "cptcore.cli.main"]
     return cmd + strip_launcher_flags(list(argv))
 
 
-_LAUNCHER_FLAGS = {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port"}
+_LAUNCHER_FLAGS = {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
+                   "--rendezvous-timeout"}
 
 
 def strip_launcher_flags(argv: list[str]) -> list[str]:
@@ -136,16 +150,103 @@ def strip_launcher_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def exec_torchrun(cmd: list[str]) -> int:
-    """Run ``cmd`` (from :func:`torchrun_argv`) with ``OMP_NUM_THREADS=1`` unless set,
-    and return its exit status."""
-    import subprocess
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (the form every error is printed in)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
+
+def launch(
+    argv: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+    master_addr: str | None = None, master_port: int | None = None,
+    rendezvous_timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
+    precheck: Callable[[], Any] | None = None, echo: Callable[[str], None] = print,
+) -> int:
+    """Start this node's ranks: check the launcher flags, run ``precheck`` (every cheap
+    check, before any process starts), check in with every other node
+    (:func:`cptcore.train.rendezvous.roll_call`, several nodes only), then run torchrun's
+    elastic agent in this process (:func:`run_torchrun`).
+
+    A node > 0 whose ``precheck`` fails tells node 0 (best effort,
+    :func:`cptcore.train.rendezvous.report_failure`) before raising.
+
+    Returns:
+        0 when every rank of this node succeeded; ``128 + signal`` when the launcher was
+        stopped by SIGTERM/SIGINT/SIGHUP/SIGQUIT (forwarded to the ranks); 1 when a rank
+        failed and its node's local rank 0 has printed the reason already.
+
+    Raises:
+        ConfigError: bad launcher flags (see :func:`torchrun_argv`).
+        CptError: whatever ``precheck`` raises.
+        RendezvousError: a node missing at the timeout, node 0 unreachable, a node that
+            failed before starting.
+        RankFailed: a rank failed and no rank printed why.
+    """
+    from .rendezvous import report_failure, roll_call
+
+    cmd = torchrun_argv(argv, nproc_per_node, nnodes, node_rank, master_addr, master_port, rendezvous_timeout)
+    port = int(next(a for a in cmd if a.startswith("--master-port=")).split("=", 1)[1])
+    addr = master_addr or "127.0.0.1"
+    try:
+        if precheck is not None:
+            precheck()
+    except CptError as exc:
+        if nnodes > 1 and node_rank > 0:
+            report_failure(addr, port, node_rank, one_line(exc))
+        raise
+    store = roll_call(addr, port, node_rank, nnodes, rendezvous_timeout, echo) if nnodes > 1 else None
+    try:
+        return run_torchrun(cmd[3:])  # node 0's store stays alive: torchrun's rendezvous reuses it
+    finally:
+        del store
+
+
+class RankFailed(CptError):
+    """A launched rank failed (exit status, signal, or its one-line error)."""
+
+
+def run_torchrun(args: list[str]) -> int:
+    """Run torchrun (``torch.distributed.run``) with ``args`` in this process, so that
+    this process is the ranks' parent: each rank dies with it
+    (:func:`cptcore.train.lifetime.tie_to_launcher`, via ``$CPT_LAUNCHER_PID``), and
+    SIGTERM/SIGINT/SIGHUP/SIGQUIT to it are forwarded to the ranks by torchrun's agent
+    (SIGKILL after 30 s). Sets ``OMP_NUM_THREADS=1`` unless set and drops any inherited
+    ``RANK``/``WORLD_SIZE``/... variables.
+
+    Returns:
+        0 on success, ``128 + signal`` when stopped by a signal, 1 when a rank failed and
+        its node's local rank 0 printed the one-line error.
+
+    Raises:
+        RankFailed: a rank failed and no local rank 0 printed why: names the first rank
+            to fail and its error, exit status or signal.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return subprocess.call(cmd, env=env)
+        os.environ.pop(key, None)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    try:
+        run(parse_args(args))
+    except ChildFailedError as exc:
+        failures = exc.failures
+        if any(f.local_rank == 0 and (f.error_file_data or {}).get("cpt_printed") for f in failures.values()):
+            return 1
+        rank, first = exc.get_first_failure()
+        data = first.error_file_data or {}
+        if isinstance(data.get("message"), str) and "cpt_printed" in data:
+            why = data["message"]
+        elif first.exitcode < 0:
+            why = f"killed by signal {first.signal_name()}"
+        else:
+            why = f"exit status {first.exitcode} (its traceback is above)"
+        others = f"; {len(failures) - 1} more rank(s) failed" if len(failures) > 1 else ""
+        raise RankFailed(f"rank {rank} (local rank {first.local_rank}) failed: {why}{others}") from None
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def in_launched_process() -> bool:
