@@ -115,7 +115,7 @@ def roll_call(addr: str, port: int, node_rank: int, nnodes: int, timeout_s: floa
                 f"rendezvous timed out after {timeout_s:g} s (--rendezvous-timeout): node(s) {_nodes(missing)} "
                 f"of {nnodes} never joined at {where} (joined: {_nodes(joined)}); start them with --nnodes {nnodes} "
                 f"--master-addr {addr} --master-port {port}")
-        if not told and timeout_s - left >= 5:
+        if not told and timeout_s - left >= min(5.0, timeout_s / 2):  # say what it waits for, once
             echo(f"waiting for node(s) {_nodes(missing)} of {nnodes} to join at {where} "
                  f"(up to {timeout_s:g} s, --rendezvous-timeout)")
             told = True
