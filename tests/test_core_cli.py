@@ -83,10 +83,17 @@ def test_known_error_is_one_line_and_exit_1(cpt_cli):
     ]
 
 
-def test_known_error_silent_on_nonzero_rank(cpt_cli):
+def test_known_error_silent_on_nonzero_local_rank(cpt_cli):
     pm = make_plugin_manager(builtins=False, entrypoints=False, extra=[CommandPlugin()])
-    code, out = cpt_cli("explode", pm=pm, env={"RANK": "1"})
+    code, out = cpt_cli("explode", pm=pm, env={"RANK": "1", "LOCAL_RANK": "1"})
     assert code == 1 and out.strip() == ""
+
+
+def test_known_error_printed_by_first_rank_of_every_node(cpt_cli):
+    """Global rank 2 is local rank 0 of node 1: it prints (issue 12 item 6)."""
+    pm = make_plugin_manager(builtins=False, entrypoints=False, extra=[CommandPlugin()])
+    code, out = cpt_cli("explode", pm=pm, env={"RANK": "2", "LOCAL_RANK": "0"})
+    assert code == 1 and out.strip().splitlines()[0] == "error: training.max_steps: expected an integer"
 
 
 def _run_cpt(*args, env=None):
