@@ -8,8 +8,10 @@ driver keeps the first document of every duplicate group, in input order.
   chosen by datasketch to minimise false positives + false negatives at ``threshold``).
   A document whose signature shares a band with an earlier kept document is removed.
 
-Memory: the driver holds one entry per *kept* document (exact: 16 bytes + set overhead;
-near: the LSH bands), independent of document length.
+Memory: the driver holds one entry per *kept* document, independent of document length:
+exact ~150 bytes (a dict entry), near ~2.8 kB (datasketch's in-memory LSH: 9 bands of 13
+rows at threshold 0.8 and 128 permutations, one dict entry and one set per band),
+measured with tracemalloc on 20,000 documents. Everything else streams.
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ class NearDedup:
         if self._lsh is None:
             from datasketch import MinHashLSH
 
-            self._lsh = MinHashLSH(threshold=self.o.threshold, num_perm=self.o.num_perm)
+            import xxhash
+
+            # 8-byte band keys instead of 4 * rows bytes: ~2.8 kB per kept document, not ~3.2
+            self._lsh = MinHashLSH(threshold=self.o.threshold, num_perm=self.o.num_perm, hashfunc=xxhash.xxh64_digest)
         return self._lsh
 
     def _minhash(self, sig: np.ndarray):

@@ -333,7 +333,7 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
         raise
     finally:
         executor.close()
-    stats = merged.stats(args, chain, run.resumed, time.perf_counter() - t0)
+    stats = json.loads(json.dumps(merged.stats(args, chain, run.resumed, time.perf_counter() - t0)))  # as written
     write_json(out / "stats.json", stats)
     write_card(out / "card.md", stats, pm)
     return stats
