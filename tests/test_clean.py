@@ -204,3 +204,21 @@ def test_bad_options_and_inputs_are_one_line_errors(planted, tmp_path, cpt_pm):
     (tmp_path / "b3" / "keep.txt").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
         clean(cpt_pm, CleanArgs(inputs=(str(bad),), out=str(tmp_path / "b3")))
+
+
+def test_cli_options_reach_the_run(planted, tmp_path, cpt_cli):
+    corpus, _, counts = planted
+    out = tmp_path / "o"
+    code, output = cpt_cli("clean", "--input", str(corpus), "--out", str(out), "--filter", "exact", "--filter", "near",
+                           "--set", "near.threshold=0.9", "--set", "near.num_perm=64", "--no-write-removed", "--no-compress",
+                           "--shard-docs", "200", "--no-progress")
+    assert code == 0, output
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["options"]["near"] == {"threshold": 0.9, "num_perm": 64, "ngram": 5}
+    assert stats["documents"]["removed"]["exact"] == counts["exact"]
+    assert stats["command"].startswith("cpt ") and stats["command"] in (out / "card.md").read_text()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"part-0000{i}.jsonl" for i in range(4)]
+    assert not list((out / "removed").iterdir())
+    for args, match in ((("--set", "exact.x=1"), "takes no options"), (("--set", "nodot=1"), "expected section.key=value")):
+        code, output = cpt_cli("clean", "--input", str(corpus), "--out", str(tmp_path / "bad"), "--filter", "exact", *args)
+        assert code == 1 and match in output, output
