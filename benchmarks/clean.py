@@ -6,7 +6,7 @@ characters):
 
 * **peak memory against input size** at three sizes: ``ru_maxrss`` of the process and
   its peak anonymous RSS (``RssAnon`` sampled every 5 ms: what it allocated, without the
-  file pages of memory-mapped Arrow files); ``cpt clean`` with quality, exact and near
+  file pages of memory-mapped Arrow files); ``cpt clean --shard-mb 2`` with quality, exact and near
   (the LSH index grows ~2.8 kB per kept document) and with quality + exact only;
 * **local vs Ray**: the same ``cpt clean`` and ``cpt prepare`` with ``--num-proc 2``
   locally (fork pool) and ``--executor ray --num-proc 2`` (a local Ray instance started
@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 from _machine import print_table, write_result  # noqa: E402
 
 TOKENIZER = ROOT / "tests/data/tokenizers/smollm2"
+SHARD_MB = 2  # cpt clean --shard-mb: in-flight input is 2 shards per worker, well below every size measured
 PEAK = """
 import re, resource, runpy, sys, threading, time
 peak = [0]
@@ -64,7 +65,7 @@ def run(args: list[str]) -> dict:
 
 def clean_args(corpus: Path, out: Path, near: bool, extra=()) -> list[str]:
     filters = ["--filter", "quality", "--filter", "exact"] + (["--filter", "near"] if near else [])
-    return ["clean", "--input", str(corpus), "--out", str(out), *filters, "--no-progress", *extra]
+    return ["clean", "--input", str(corpus), "--out", str(out), *filters, "--shard-mb", str(SHARD_MB), "--no-progress", *extra]
 
 
 def prepare_args(corpus: Path, out: Path, extra=()) -> list[str]:
