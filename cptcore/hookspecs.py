@@ -136,6 +136,23 @@ def cpt_register_filters() -> list:
 
 
 @hookspec
+def cpt_register_executors() -> list:
+    """Register executors for ``cpt prepare`` / ``cpt clean --executor NAME``.
+
+    Called: once per ``cpt prepare`` / ``cpt clean`` / ``cpt executors``. Returns:
+    ``list[ExecutorSpec]``; ``make(num_proc, fn, args, address)`` returns an object with
+    ``num_proc``, ``submit(items) -> future`` (``future.get()`` returns
+    ``fn(*args, items)``) and ``close()`` (see :class:`cptcore.specs.ExecutorSpec`).
+
+    Example::
+
+        @hookimpl
+        def cpt_register_executors():
+            return [ExecutorSpec(name="dask", make=make_dask_executor)]
+    """
+
+
+@hookspec
 def cpt_register_commands(app: Any, pm: Any) -> None:
     """Add commands to the ``cpt`` CLI.
 

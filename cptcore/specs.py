@@ -181,6 +181,27 @@ class FilterSpec:
 
 
 @dataclass(frozen=True)
+class ExecutorSpec:
+    """Where ``cpt prepare`` / ``cpt clean`` run their chunk jobs (``--executor NAME``).
+
+    Attributes:
+        name: registry name, e.g. ``"local"``, ``"ray"``.
+        make: ``make(num_proc, fn, args, address) -> executor``: runs ``fn(*args, items)``
+            per chunk; the executor has ``num_proc`` (jobs in flight), ``submit(items)``
+            returning a future with ``get()``, and ``close()``. ``address`` is
+            ``--ray-address`` (``None`` when not given; an executor that takes none
+            raises :class:`cptcore.errors.ConfigError` for one). Results are consumed in
+            submission order, so an executor never changes the output.
+    """
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RegistryKind:
     """How one registry is built: its hook, what it holds, and its listing command."""
 
@@ -197,4 +218,5 @@ REGISTRY_KINDS: Sequence[RegistryKind] = (
     RegistryKind("templates", "cpt_register_chat_templates", "chat template", "templates"),
     RegistryKind("loggers", "cpt_register_loggers", "logger", "loggers"),
     RegistryKind("filters", "cpt_register_filters", "filter", "filters"),  # cpt clean
+    RegistryKind("executors", "cpt_register_executors", "executor", "executors"),  # cpt prepare/clean --executor
 )

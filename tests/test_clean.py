@@ -185,7 +185,7 @@ def test_bad_options_and_inputs_are_one_line_errors(planted, tmp_path, cpt_pm):
         (dict(languages=("xx",)), "unknown ISO 639-1 code 'xx'"),
         (dict(decontaminate=("heldout",)), "expected NAME=FILE"),
         (dict(decontaminate=(f"h={tmp_path / 'nope.jsonl'}",)), "no such file"),
-        (dict(executor="spark"), "--executor must be one of local, ray"),
+        (dict(executor="spark"), "unknown executor 'spark'"),
         (dict(ray_address="auto"), "--ray-address needs --executor ray"),
         (dict(inputs=(f"{corpus}:0.5",)), "takes no weights"),
     ]
@@ -222,3 +222,48 @@ def test_cli_options_reach_the_run(planted, tmp_path, cpt_cli):
     for args, match in ((("--set", "exact.x=1"), "takes no options"), (("--set", "nodot=1"), "expected section.key=value")):
         code, output = cpt_cli("clean", "--input", str(corpus), "--out", str(tmp_path / "bad"), "--filter", "exact", *args)
         assert code == 1 and match in output, output
+
+
+def test_plugin_executor_through_cpt_register_executors_gives_the_same_output(planted, cleaned, tmp_path, cpt_cli):
+    from cptcore import hookimpl, make_plugin_manager
+    from cptcore.clean.pipeline import clean
+    from cptcore.specs import ExecutorSpec
+
+    calls = []
+
+    class Done:
+        def __init__(self, value):
+            self.value = value
+
+        def get(self):
+            return self.value
+
+    class Inline:
+        num_proc = 1
+
+        def __init__(self, fn, args):
+            self.fn, self.args = fn, args
+
+        def submit(self, items):
+            calls.append(len(items))
+            return Done(self.fn(*self.args, items))
+
+        def close(self):
+            pass
+
+    class Plugin:
+        @hookimpl
+        def cpt_register_executors(self):
+            return [ExecutorSpec(name="inline", make=lambda num_proc, fn, args, address: Inline(fn, args))]
+
+    pm = make_plugin_manager(entrypoints=False)
+    pm.register_from(Plugin(), "test_executors", "extra")
+    corpus, evalf, _ = planted
+    out, stats = cleaned
+    again = clean(pm, _args(corpus, evalf, tmp_path / "inline", executor="inline"))
+    assert sum(calls) == stats["documents"]["in"] and len(calls) == stats["inputs"][0]["shards"]
+    assert {k: v for k, v in again.items() if k not in ("seconds",)} == {k: v for k, v in stats.items() if k not in ("seconds",)} | {"outputs": again["outputs"]}
+    for sub in ("shards", "removed"):
+        assert [p.read_bytes() for p in sorted((tmp_path / "inline" / sub).iterdir())] == [p.read_bytes() for p in sorted((out / sub).iterdir())]
+    code, output = cpt_cli("executors", "--json", pm=pm)
+    assert code == 0 and [r["name"] for r in json.loads(output)] == ["inline", "local", "ray"]

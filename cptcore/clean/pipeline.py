@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data import readers
-from ..data.executors import EXECUTORS, make_executor
+from ..data.executors import check_executor, make_executor
 from ..data.stats import Progress, reason_key
 from ..errors import ConfigError, DataError
 from .filters import DEFAULT_FILTERS, FilterContext, build_chain, clean_shard
@@ -90,8 +90,6 @@ def _validate(args: CleanArgs) -> None:
         raise ConfigError("--shard-docs and --shard-bytes must be >= 1")
     if args.num_proc < 1:
         raise ConfigError(f"--num-proc must be >= 1, got {args.num_proc}")
-    if args.executor not in EXECUTORS or (args.ray_address and args.executor != "ray"):
-        make_executor(args.executor, 1, None, (), args.ray_address)  # raises the one-line error
     for spec in args.inputs:
         if readers.parse_input(spec).weight is not None:
             raise ConfigError(f"--input {spec}: cpt clean takes no weights (give them to cpt prepare)")
@@ -285,6 +283,7 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     from .report import StatsMerger, write_card
 
     _validate(args)
+    check_executor(pm, args.executor, args.ray_address)
     t0 = time.perf_counter()
     specs = [readers.parse_input(s) for s in args.inputs]
     options = {k: dict(v) for k, v in args.filter_options.items()}
@@ -299,7 +298,7 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     total_bytes = sum(os.path.getsize(p) for s in specs for p in readers.expand(s))
     progress = Progress(total_bytes, args.progress, "clean")
     merged = StatsMerger(specs, args.examples)
-    executor = make_executor(args.executor, args.num_proc, clean_shard, (chain.doc, chain.dedup), args.ray_address)
+    executor = make_executor(pm, args.executor, args.num_proc, clean_shard, (chain.doc, chain.dedup), args.ray_address)
     try:
         pending: collections.deque = collections.deque()
         stream = _shards(args, specs)

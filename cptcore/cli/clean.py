@@ -41,7 +41,7 @@ def add_clean_command(app: typer.Typer, pm: Any) -> None:
         shard_docs: int = typer.Option(10_000, "--shard-docs", help="Documents per shard at most (unit of work, output file and restart)."),
         shard_mb: float = typer.Option(16.0, "--shard-mb", help="Input MB per shard at most (bounds memory)."),
         num_proc: int = typer.Option(1, "--num-proc", help="Worker processes (local) or tasks in flight (ray)."),
-        executor: str = typer.Option("local", "--executor", help="local | ray (same output)."),
+        executor: str = typer.Option("local", "--executor", help="Where the filters run (cpt executors): local | ray | plugins (same output)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: a running cluster (ray start --head); default: a local one."),
         on_error: str = typer.Option("stop", "--on-error", help="Unreadable records: stop (file:line) | skip (count by reason)."),
         examples: int = typer.Option(3, "--examples", help="Removed documents shown per filter in card.md."),

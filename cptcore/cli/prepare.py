@@ -46,7 +46,7 @@ SEED = typer.Option(0, "--seed", help="Seed of the row shuffle (identical inputs
 SHUFFLE = typer.Option(0, "--shuffle-window", help="Shuffle rows in windows of N rows (0: keep input order).")
 SFT_SETS = ("packer", "template")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
-EXECUTOR = typer.Option("local", "--executor", help="Where chunks are tokenized: local (this machine, --num-proc processes) | ray (Ray tasks; same rows).")
+EXECUTOR = typer.Option("local", "--executor", help="Where chunks are tokenized (cpt executors): local (this machine, --num-proc processes) | ray (Ray tasks; same rows).")
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="With --executor ray: address of a running cluster (ray start --head); default: start a local one.")
 
 

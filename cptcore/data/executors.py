@@ -1,4 +1,5 @@
-"""Where chunk jobs run: ``local`` (a thread or a ``fork`` pool on this machine,
+"""Where chunk jobs run, the built-in executors of the ``executors`` registry
+(``cpt_register_executors``): ``local`` (a thread or a ``fork`` pool on this machine,
 :class:`cptcore.data.workers.Executor`) or ``ray`` (tasks on a Ray cluster).
 
 Both take a job ``fn(*args, items)`` and have the same interface: ``num_proc`` (jobs in
@@ -14,25 +15,40 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, CptError
 
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(kind: str, num_proc: int, fn: Callable, args: tuple, ray_address: str | None = None) -> Any:
-    """An executor of ``kind`` running ``fn(*args, items)``.
+def make_executor(pm: Any, name: str, num_proc: int, fn: Callable, args: tuple, address: str | None = None) -> Any:
+    """The executor ``name`` (registry ``executors``) running ``fn(*args, items)``.
 
     Raises:
-        ConfigError: unknown kind, ``--ray-address`` without ``--executor ray``, Ray not
-            installed or the cluster not reachable.
+        RegistryError: unknown executor (did-you-mean).
+        ConfigError: ``--ray-address`` for an executor that takes none, Ray not installed
+            or the cluster not reachable.
     """
-    if kind not in EXECUTORS:
-        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
-    if kind == "local":
-        if ray_address:
-            raise ConfigError("--ray-address needs --executor ray")
-        from .workers import Executor
+    return pm.registry("executors").get(name).make(num_proc, fn, args, address)
 
-        return Executor(num_proc, fn, args)
-    return RayExecutor(num_proc, fn, args, ray_address)
+
+def check_executor(pm: Any, name: str, address: str | None) -> None:
+    """Fail early (before any output is written) on an unknown executor or an address
+    given to ``local``.
+
+    Raises:
+        RegistryError, ConfigError: as :func:`make_executor`.
+    """
+    spec = pm.registry("executors").get(name)
+    if address and spec.name == "local":
+        raise ConfigError("--ray-address needs --executor ray")
+
+
+def make_local(num_proc: int, fn: Callable, args: tuple, address: str | None = None) -> Any:
+    """:class:`cptcore.data.workers.Executor` (a thread, or a fork pool of ``num_proc``)."""
+    if address:
+        raise ConfigError("--ray-address needs --executor ray")
+    from .workers import Executor
+
+    return Executor(num_proc, fn, args)
+
+
+def make_ray(num_proc: int, fn: Callable, args: tuple, address: str | None = None) -> "RayExecutor":
+    return RayExecutor(num_proc, fn, args, address)
 
 
 _RAY_JOBS: dict[str, tuple] = {}  # in each Ray worker process: token -> (fn, args)

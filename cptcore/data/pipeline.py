@@ -21,7 +21,7 @@ from .mixing import Mixer
 from .packing import Doc, Dropped, PassThrough, fit_long, masked_reason, trainable
 from .sft import POLICY_SKIPS, check_template_tokens
 from .stats import InputStats, Progress, RowStats, reason_key
-from .executors import EXECUTORS, make_executor
+from .executors import check_executor, make_executor
 from .workers import ChunkStream, pretrain_chunk, sft_chunk
 
 LONG_DOC = ("split", "truncate", "skip")
@@ -77,8 +77,6 @@ def _validate(args: PrepareArgs) -> None:
         raise ConfigError(f"--shuffle-window must be >= 0 (0: keep input order), got {args.shuffle_window}")
     if not args.inputs:
         raise ConfigError("give at least one --input")
-    if args.executor not in EXECUTORS or (args.ray_address and args.executor != "ray"):
-        make_executor(args.executor, 1, None, (), args.ray_address)  # raises the one-line error
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -164,6 +162,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     from .tokenize import load_tokenizer, special_tokens
 
     _validate(args)
+    check_executor(pm, args.executor, args.ray_address)
     t0 = time.perf_counter()
     specs = [readers.parse_input(s) for s in args.inputs]
     weighted = [s.weight is not None for s in specs]
@@ -227,7 +226,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         writer.write([window[j] for j in order])
         window.clear()
 
-    executor = make_executor(args.executor, args.num_proc, fn, fn_args, args.ray_address)
+    executor = make_executor(pm, args.executor, args.num_proc, fn, fn_args, args.ray_address)
     progress = Progress(total_bytes, args.progress, f"prepare {args.kind}")
     try:
         for i, (rec, reason, ids, labels, cut) in mixer:
