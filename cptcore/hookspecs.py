@@ -118,6 +118,41 @@ def cpt_register_loggers() -> list:
 
 
 @hookspec
+def cpt_register_filters() -> list:
+    """Register ``cpt clean`` filters, selected with ``cpt clean --filter NAME``.
+
+    Called: once per ``cpt clean`` / ``cpt filters``. Returns: ``list[FilterSpec]``.
+    A ``"document"`` filter's ``check(text)`` returns ``None`` (keep) or the removal
+    detail; a ``"dedup"`` filter computes ``signature(text)`` in the workers and
+    ``check(signature, key)`` in the driver, in input order (see
+    :class:`cptcore.specs.FilterSpec`).
+
+    Example::
+
+        @hookimpl
+        def cpt_register_filters():
+            return [FilterSpec(name="no_urls", make=lambda options, context: NoUrls())]
+    """
+
+
+@hookspec
+def cpt_register_executors() -> list:
+    """Register executors for ``cpt prepare`` / ``cpt clean --executor NAME``.
+
+    Called: once per ``cpt prepare`` / ``cpt clean`` / ``cpt executors``. Returns:
+    ``list[ExecutorSpec]``; ``make(num_proc, fn, args, address)`` returns an object with
+    ``num_proc``, ``submit(items) -> future`` (``future.get()`` returns
+    ``fn(*args, items)``) and ``close()`` (see :class:`cptcore.specs.ExecutorSpec`).
+
+    Example::
+
+        @hookimpl
+        def cpt_register_executors():
+            return [ExecutorSpec(name="dask", make=make_dask_executor)]
+    """
+
+
+@hookspec
 def cpt_register_commands(app: Any, pm: Any) -> None:
     """Add commands to the ``cpt`` CLI.
 

@@ -150,6 +150,58 @@ class LoggerSpec:
 
 
 @dataclass(frozen=True)
+class FilterSpec:
+    """A ``cpt clean`` filter: decides which documents are removed, and why.
+
+    Attributes:
+        name: registry name (``--filter NAME``), e.g. ``"exact"``, ``"quality"``; the
+            reason documents it removes are counted under in ``stats.json``.
+        make: ``make(options, context) -> filter``, called once in the driver; the
+            filter object must be picklable (it is sent to worker processes and Ray
+            tasks; load heavy resources lazily inside it). ``options`` is an instance of
+            ``options`` (or ``None``); ``context`` a
+            :class:`cptcore.clean.filters.FilterContext` (seed, text field).
+        stage: ``"document"``: the filter has ``check(text: str) -> str | None``
+            (``None`` keeps the document, else the removal detail, ``"RULE (detail)"``),
+            a pure function run in the workers. ``"dedup"``: the filter has
+            ``signature(text) -> numpy.ndarray`` (fixed shape and dtype, run in the
+            workers), ``check(signature, key: int) -> str | None`` (run in the driver
+            in input order; remembers the signature when it keeps the document) and
+            ``add(signature, key)`` (remember without checking: a restarted run replays
+            the signatures of the documents kept before it was killed).
+        options: dataclass of thresholds (``--set NAME.KEY=VALUE``).
+    """
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+    stage: str = "document"
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where ``cpt prepare`` / ``cpt clean`` run their chunk jobs (``--executor NAME``).
+
+    Attributes:
+        name: registry name, e.g. ``"local"``, ``"ray"``.
+        make: ``make(num_proc, fn, args, address) -> executor``: runs ``fn(*args, items)``
+            per chunk; the executor has ``num_proc`` (jobs in flight), ``submit(items)``
+            returning a future with ``get()``, and ``close()``. ``address`` is
+            ``--ray-address`` (``None`` when not given; an executor that takes none
+            raises :class:`cptcore.errors.ConfigError` for one). Results are consumed in
+            submission order, so an executor never changes the output.
+    """
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RegistryKind:
     """How one registry is built: its hook, what it holds, and its listing command."""
 
@@ -165,4 +217,6 @@ REGISTRY_KINDS: Sequence[RegistryKind] = (
     RegistryKind("packers", "cpt_register_packers", "packer", "packers"),
     RegistryKind("templates", "cpt_register_chat_templates", "chat template", "templates"),
     RegistryKind("loggers", "cpt_register_loggers", "logger", "loggers"),
+    RegistryKind("filters", "cpt_register_filters", "filter", "filters"),  # cpt clean
+    RegistryKind("executors", "cpt_register_executors", "executor", "executors"),  # cpt prepare/clean --executor
 )

@@ -46,6 +46,8 @@ SEED = typer.Option(0, "--seed", help="Seed of the row shuffle (identical inputs
 SHUFFLE = typer.Option(0, "--shuffle-window", help="Shuffle rows in windows of N rows (0: keep input order).")
 SFT_SETS = ("packer", "template")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
+EXECUTOR = typer.Option("local", "--executor", help="Where chunks are tokenized (cpt executors): local (this machine, --num-proc processes) | ray (Ray tasks; same rows).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="With --executor ray: address of a running cluster (ray start --head); default: start a local one.")
 
 
 def make_prepare_app(pm: Any) -> typer.Typer:
@@ -71,6 +73,8 @@ def make_prepare_app(pm: Any) -> typer.Typer:
         set_: Optional[List[str]] = SET,
         overwrite: bool = OVERWRITE,
         progress: bool = PROGRESS,
+        executor: str = EXECUTOR,
+        ray_address: Optional[str] = RAY_ADDRESS,
     ) -> None:
         """Tokenize documents and pack them into rows of --max-length tokens."""
         from ..data.pipeline import PrepareArgs, prepare
@@ -81,7 +85,7 @@ def make_prepare_app(pm: Any) -> typer.Typer:
             packer=packer, packer_options=_options(set_, "packer", ("packer",)), text_field=text_field, num_proc=num_proc,
             num_shards=num_shards, on_error=on_error, long_doc=long_doc, add_bos=add_bos, add_eos=add_eos,
             mix=mix, seed=seed, shuffle_window=shuffle_window, overwrite=overwrite, command=_command(),
-            progress=progress,
+            progress=progress, executor=executor, ray_address=ray_address,
         )
         print_summary(prepare(pm, args), out)
 
@@ -102,6 +106,8 @@ def make_prepare_app(pm: Any) -> typer.Typer:
         set_: Optional[List[str]] = SET,
         overwrite: bool = OVERWRITE,
         progress: bool = PROGRESS,
+        executor: str = EXECUTOR,
+        ray_address: Optional[str] = RAY_ADDRESS,
     ) -> None:
         """Render conversations with a chat template; loss on assistant turns only."""
         from ..data.pipeline import PrepareArgs, prepare
@@ -112,7 +118,7 @@ def make_prepare_app(pm: Any) -> typer.Typer:
             packer=packer, packer_options=_options(set_, "packer", SFT_SETS), template=template,
             template_options=_options(set_, "template", SFT_SETS), num_proc=num_proc, num_shards=num_shards,
             on_error=on_error, mix=mix, seed=seed, shuffle_window=shuffle_window, overwrite=overwrite,
-            command=_command(), progress=progress,
+            command=_command(), progress=progress, executor=executor, ray_address=ray_address,
         )
         print_summary(prepare(pm, args), out)
 

@@ -21,7 +21,8 @@ from .mixing import Mixer
 from .packing import Doc, Dropped, PassThrough, fit_long, masked_reason, trainable
 from .sft import POLICY_SKIPS, check_template_tokens
 from .stats import InputStats, Progress, RowStats, reason_key
-from .workers import ChunkStream, Executor, pretrain_chunk, sft_chunk
+from .executors import check_executor, make_executor
+from .workers import ChunkStream, pretrain_chunk, sft_chunk
 
 LONG_DOC = ("split", "truncate", "skip")
 
@@ -54,6 +55,8 @@ class PrepareArgs:
     progress: bool = False
     chunk_bytes: int = 1 << 20  # input bytes tokenized per chunk (bounds memory; ~0.3-1 M tokens)
     chunk_records: int = 1000  # records per chunk at most
+    executor: str = "local"  # where chunks are tokenized: "local" | "ray" (cptcore.data.executors)
+    ray_address: str | None = None  # with executor="ray": a running cluster (None: start a local one)
 
 
 def _validate(args: PrepareArgs) -> None:
@@ -159,6 +162,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     from .tokenize import load_tokenizer, special_tokens
 
     _validate(args)
+    check_executor(pm, args.executor, args.ray_address)
     t0 = time.perf_counter()
     specs = [readers.parse_input(s) for s in args.inputs]
     weighted = [s.weight is not None for s in specs]
@@ -222,7 +226,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         writer.write([window[j] for j in order])
         window.clear()
 
-    executor = Executor(args.num_proc, fn, fn_args)
+    executor = make_executor(pm, args.executor, args.num_proc, fn, fn_args, args.ray_address)
     progress = Progress(total_bytes, args.progress, f"prepare {args.kind}")
     try:
         for i, (rec, reason, ids, labels, cut) in mixer:
