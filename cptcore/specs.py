@@ -149,6 +149,33 @@ class LoggerSpec:
     aliases: tuple[str, ...] = ()
 
 
+# ---------------------------------------------------------------- embedding inits (issue 15)
+
+
+@dataclass(frozen=True)
+class EmbeddingInitSpec:
+    """How the rows of new token ids are initialised by ``cpt model resize --init NAME``.
+
+    Attributes:
+        name: registry name, e.g. ``"mean"``, ``"multivariate"``.
+        init: ``init(request) -> tensor``; ``request`` is a
+            :class:`cptcore.model.embedding_init.InitRequest` (the old rows of one matrix
+            ``[old_rows, hidden]``, the new tokens' sub-token ids, a seeded
+            ``torch.Generator``, the options). Returns the new rows ``[n_new, hidden]``
+            (any float dtype; cast to the matrix's). Called once for the input embedding
+            and, when untied, once for the output embedding.
+        options: dataclass of options (``--init-option KEY=VALUE``).
+        warning: printed whenever the method is used (e.g. ``zero``: comparison only).
+    """
+
+    name: str
+    init: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+    warning: str = ""
+
+
 @dataclass(frozen=True)
 class RegistryKind:
     """How one registry is built: its hook, what it holds, and its listing command."""
@@ -165,4 +192,5 @@ REGISTRY_KINDS: Sequence[RegistryKind] = (
     RegistryKind("packers", "cpt_register_packers", "packer", "packers"),
     RegistryKind("templates", "cpt_register_chat_templates", "chat template", "templates"),
     RegistryKind("loggers", "cpt_register_loggers", "logger", "loggers"),
+    RegistryKind("embedding_inits", "cpt_register_embedding_inits", "embedding init", "embedding-inits"),
 )
