@@ -20,7 +20,7 @@ Writes ``benchmarks/results/vocab_init.json``.
 
 Usage::
 
-    python benchmarks/vocab_init.py [--steps 8] [--batch 4] [--length 128] [--lr 3e-4]
+    python benchmarks/vocab_init.py [--steps 4] [--batch 2] [--length 128] [--lr 3e-4]
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from _machine import print_table, write_result  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--inits", default="mean,noisy_mean,multivariate,normal,zero")
-    p.add_argument("--steps", type=int, default=8, help="training steps after the resize")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--inits", default="mean,noisy_mean,multivariate,zero", help="comma-separated (normal too)")
+    p.add_argument("--steps", type=int, default=4, help="training steps after the resize")
+    p.add_argument("--batch", type=int, default=2)
     p.add_argument("--length", type=int, default=128, help="tokens per training row")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--vocab-size", type=int, default=3000, help="Chinese SentencePiece model size")

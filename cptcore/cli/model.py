@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ..model.resize import DEFAULT_INIT  # torch-free
+
 
 def _key_values(values: list[str], flag: str) -> dict[str, str]:
     from ..errors import CptError
@@ -25,7 +27,7 @@ def resize_command(
     model: Path = typer.Option(..., "--model", help="Hugging Face model folder (with its own tokenizer)."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Expanded tokenizer folder (extends the model's tokenizer)."),
     out: Path = typer.Option(..., "--out", help="Output folder: safetensors, config, the new tokenizer and resize_report.json."),
-    init: str = typer.Option("mean", "--init", help="Init method for new rows (`cpt embedding-inits` lists them): mean, noisy_mean, multivariate, normal, zero."),
+    init: str = typer.Option(DEFAULT_INIT, "--init", help="Init method for new rows (`cpt embedding-inits` lists them): mean, noisy_mean, multivariate, normal, zero."),
     init_option: list[str] = typer.Option([], "--init-option", help="Option of the init method, KEY=VALUE (e.g. scale=0.5); repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed of random init methods."),
     retain: Optional[Path] = typer.Option(None, "--retain", help="Retained text for the check (default: the bundled English sample)."),
