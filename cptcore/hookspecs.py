@@ -118,6 +118,27 @@ def cpt_register_loggers() -> list:
 
 
 @hookspec
+def cpt_register_embedding_inits() -> list:
+    """Register initialisations of new embedding rows, selected with
+    ``cpt model resize --init NAME``.
+
+    Called: once per ``cpt model resize`` / ``cpt embedding-inits`` (and by
+    :func:`cptcore.model.resize.resize_embeddings`). Returns:
+    ``list[EmbeddingInitSpec]`` (or ``None``). ``init(request)`` gets a
+    :class:`cptcore.model.embedding_init.InitRequest` (old rows ``[old_rows, hidden]``,
+    sub-token ids of each new token, a seeded ``torch.Generator``, options) and returns
+    the new rows ``[n_new, hidden]``; it runs once per matrix (input, and output when
+    untied). Old rows are never passed for writing: they stay bit-identical.
+
+    Example::
+
+        @hookimpl
+        def cpt_register_embedding_inits():
+            return [EmbeddingInitSpec(name="half_mean", init=lambda req: 0.5 * req.sub_token_mean())]
+    """
+
+
+@hookspec
 def cpt_register_filters() -> list:
     """Register ``cpt clean`` filters, selected with ``cpt clean --filter NAME``.
 

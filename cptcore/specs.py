@@ -149,6 +149,33 @@ class LoggerSpec:
     aliases: tuple[str, ...] = ()
 
 
+# ---------------------------------------------------------------- embedding inits (issue 15)
+
+
+@dataclass(frozen=True)
+class EmbeddingInitSpec:
+    """How the rows of new token ids are initialised by ``cpt model resize --init NAME``.
+
+    Attributes:
+        name: registry name, e.g. ``"mean"``, ``"multivariate"``.
+        init: ``init(request) -> tensor``; ``request`` is a
+            :class:`cptcore.model.embedding_init.InitRequest` (the old rows of one matrix
+            ``[old_rows, hidden]``, the new tokens' sub-token ids, a seeded
+            ``torch.Generator``, the options). Returns the new rows ``[n_new, hidden]``
+            (any float dtype; cast to the matrix's). Called once for the input embedding
+            and, when untied, once for the output embedding.
+        options: dataclass of options (``--init-option KEY=VALUE``).
+        warning: printed whenever the method is used (e.g. ``zero``: comparison only).
+    """
+
+    name: str
+    init: Callable[..., Any]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+    warning: str = ""
+
+
 @dataclass(frozen=True)
 class FilterSpec:
     """A ``cpt clean`` filter: decides which documents are removed, and why.
@@ -219,4 +246,5 @@ REGISTRY_KINDS: Sequence[RegistryKind] = (
     RegistryKind("loggers", "cpt_register_loggers", "logger", "loggers"),
     RegistryKind("filters", "cpt_register_filters", "filter", "filters"),  # cpt clean
     RegistryKind("executors", "cpt_register_executors", "executor", "executors"),  # cpt prepare/clean --executor
+    RegistryKind("embedding_inits", "cpt_register_embedding_inits", "embedding init", "embedding-inits"),
 )

@@ -139,8 +139,8 @@ def test_resize_errors(tmp_path: Path, toks, smollm2_tokenizer_dir: Path) -> Non
     bare = make_tiny_llama(tmp_path / "bare", vocab_size=32000)
     with pytest.raises(CptError, match="no tokenizer in model folder"):
         resize_model_folder(bare, new, tmp_path / "o3")
-    with pytest.raises(CptError, match="unknown init 'zero'"):
-        resize_model_folder(big, new, tmp_path / "o4", init="zero")
+    with pytest.raises(CptError, match="unknown embedding init 'zeros'.*did you mean.*zero"):
+        resize_model_folder(big, new, tmp_path / "o4", init="zeros")
     (tmp_path / "o5").mkdir()
     (tmp_path / "o5" / "f").write_text("x")
     with pytest.raises(CptError, match="o5 exists and is not empty"):

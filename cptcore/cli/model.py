@@ -4,33 +4,65 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from ..model.resize import DEFAULT_INIT  # torch-free
+
+
+def _key_values(values: list[str], flag: str) -> dict[str, str]:
+    from ..errors import CptError
+
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise CptError(f"{flag} expects KEY=VALUE, got {value!r}")
+        out[key] = val
+    return out
 
 
 def resize_command(
     model: Path = typer.Option(..., "--model", help="Hugging Face model folder (with its own tokenizer)."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Expanded tokenizer folder (extends the model's tokenizer)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: safetensors, config and the new tokenizer."),
-    init: str = typer.Option("mean", "--init", help="mean (of sub-token rows) or normal (N(0, initializer_range^2))."),
+    out: Path = typer.Option(..., "--out", help="Output folder: safetensors, config, the new tokenizer and resize_report.json."),
+    init: str = typer.Option(DEFAULT_INIT, "--init", help="Init method for new rows (`cpt embedding-inits` lists them): mean, noisy_mean, multivariate, normal, zero."),
+    init_option: list[str] = typer.Option([], "--init-option", help="Option of the init method, KEY=VALUE (e.g. scale=0.5); repeatable."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random init methods."),
+    retain: Optional[Path] = typer.Option(None, "--retain", help="Retained text for the check (default: the bundled English sample)."),
+    domain: Optional[Path] = typer.Option(None, "--domain", help="Domain text for bits per byte before/after (default: not measured)."),
+    check_tokens: int = typer.Option(512, "--check-tokens", help="Retained-text positions measured by the check."),
+    max_kl: float = typer.Option(0.1, "--max-kl", help="Refuse when KL(base||resized) on retained text exceeds this (nats/token)."),
+    allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="Save the model even when the check finds it unsafe."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
-    """Resize input and output embeddings to a new tokenizer; old rows stay bit-identical."""
+    """Resize input and output embeddings to a new tokenizer (old rows bit-identical), check the result, save."""
     from rich.console import Console
     from rich.table import Table
 
     from ..model.resize import resize_model_folder
+    from ..model.resize_check import CheckOptions, UnsafeResizeError, print_check
 
     t0 = time.perf_counter()
-    summary = resize_model_folder(model, tokenizer, out, init=init, overwrite=overwrite)
+    check = CheckOptions(retain=retain, domain=domain, max_tokens=check_tokens, max_kl=max_kl, allow_unsafe=allow_unsafe)
+    try:
+        summary = resize_model_folder(
+            model, tokenizer, out, init=init, overwrite=overwrite, seed=seed,
+            init_options=_key_values(init_option, "--init-option"), check=check,
+        )
+    except UnsafeResizeError as exc:  # show the numbers before the one-line error
+        print_check(exc.report)
+        raise
     table = Table(title="cpt model resize")
     table.add_column("")
     table.add_column("value", justify="right")
     for key in ("old_rows", "new_rows", "init", "tied", "dtype", "seconds"):
         table.add_row(key, str(summary[key]))
-    table.add_row("total seconds (load + resize + save)", f"{time.perf_counter() - t0:.1f}")
+    table.add_row("total seconds (load + resize + check + save)", f"{time.perf_counter() - t0:.1f}")
     Console().print(table)
-    typer.echo(f"wrote {out}")
+    print_check(summary["check"])
+    typer.echo(f"wrote {out} (check: {out / 'resize_report.json'})")
 
 
 def import_gguf_command(

@@ -1,4 +1,4 @@
-"""``cpt tokenizer train`` and ``cpt tokenizer expand`` (see docs/tokenizer.md)."""
+"""``cpt tokenizer train``, ``cpt tokenizer expand`` and ``cpt tokenizer advise`` (see docs/tokenizer.md)."""
 
 from __future__ import annotations
 
@@ -71,8 +71,53 @@ def expand_command(
     typer.echo(f"wrote {out} (report: {out / REPORT_NAME})")
 
 
+def advise_command(
+    base: Path = typer.Option(..., "--base", help="Base tokenizer: a Hugging Face folder (SentencePiece or byte-level BPE) or a SentencePiece .model file."),
+    corpus: list[str] = typer.Option(..., "--corpus", help="Domain text NAME=FILE (read like --eval-text); trains the domain model and is measured; repeatable."),
+    retain: list[str] = typer.Option([], "--retain", help="Text whose tokenization must not change, NAME=FILE; repeatable."),
+    sizes: str = typer.Option("1000,2000,4000,8000,16000", "--sizes", help="Domain SentencePiece vocabulary sizes to try, comma-separated."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder (config.json): added parameters, memory and training cost per byte."),
+    knee_gain: float = typer.Option(0.01, "--knee-gain", help="Recommend the last size before one more 1,000 rows cuts tokens/char by less than this (relative)."),
+    heldout_every: int = typer.Option(10, "--heldout-every", help="Measure every K-th document, train on the rest (0 = measure the training text)."),
+    input_sentence_size: int = typer.Option(2_000_000, "--input-sentence-size", help="Lines SentencePiece samples for training (0 = all)."),
+    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece."),
+    threads: int = typer.Option(2, "--threads", help="SentencePiece trainer threads."),
+    seed: int = typer.Option(0, "--seed", help="Seed of SentencePiece's sampler."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of compression against size (default: beside --json, .png)."),
+) -> None:
+    """Measure compression, retained-text changes, memory and cost per candidate vocabulary size; recommend one."""
+    import json
+
+    from ..tokenizer.advise import advise, parse_named, parse_sizes
+    from ..tokenizer.advise_report import plot_advise, print_advise
+    from ..tokenizer.train import TrainOptions
+
+    opts = TrainOptions(input_sentence_size=input_sentence_size, character_coverage=character_coverage, num_threads=threads, seed=seed)
+    report = advise(
+        base,
+        parse_named(corpus, "--corpus"),
+        parse_named(retain, "--retain"),
+        parse_sizes(sizes),
+        model=model,
+        knee_gain=knee_gain,
+        heldout_every=heldout_every,
+        train_options=opts,
+    )
+    print_advise(report)
+    if plot is None and json_out is not None:
+        plot = json_out.with_suffix(".png")
+    if plot is not None:
+        typer.echo(f"wrote {plot_advise(report, plot)}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {json_out}")
+    typer.echo(f"{report['seconds']:.1f} s (SentencePiece training {report['train_seconds']:.1f} s)")
+
+
 def make_tokenizer_app() -> typer.Typer:
-    app = typer.Typer(help="Train SentencePiece models and expand tokenizer vocabularies.", no_args_is_help=True)
+    app = typer.Typer(help="Train SentencePiece models, expand tokenizer vocabularies, advise on the size.", no_args_is_help=True)
     app.command("train")(train_command)
     app.command("expand")(expand_command)
+    app.command("advise")(advise_command)
     return app

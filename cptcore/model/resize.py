@@ -5,19 +5,21 @@ The new tokenizer must *extend* the model's own one (saved in the model folder):
 A model whose embedding has padding rows beyond its tokenizer (rows ``len(old) ..
 rows-1``, never produced by the old tokenizer) gets them initialised like new rows.
 
-Initialisation of the rows of new ids (``--init``):
+Initialisation of the rows of new ids (``--init NAME``) is a plugin
+(``cpt_register_embedding_inits``; built-ins ``mean`` (default), ``noisy_mean``,
+``multivariate``, ``normal``, ``zero``; formulas in :mod:`.embedding_init`). Every
+method gets the new tokens' sub-tokens under the old tokenizer (:func:`plan_mean_init`)
+and runs once on the input embedding and, when untied, once on the output embedding
+(``lm_head``). Sub-tokens are found by running the old tokenizer's BPE model on the new
+token's own string (``tokenizers`` ``model.tokenize``, no pre-tokenisation or dummy
+prefix), so ``"▁中华"`` gives ``["▁", "中", "华"]`` and a byte-level ``"Ġä¸Ń"`` gives
+``["Ġ", "ä¸", "Ń"]``; a piece missing from a byte-fallback SentencePiece vocabulary
+gives its ``<0x..>`` byte tokens. ``mean`` is accumulated in float64 and rounded once
+to the model's dtype: the initialisation of Chinese-LLaMA-Alpaca and of Hewitt (2021),
+restricted to each token's own decomposition.
 
-* ``mean`` (default): the row of a new token is the mean of the rows of its sub-tokens
-  under the old tokenizer, computed separately for the input embedding and the output
-  embedding (``lm_head``) when they are not tied. Sub-tokens are found by running the
-  old tokenizer's BPE model on the new token's own string (``tokenizers`` ``model.tokenize``,
-  no pre-tokenisation or dummy prefix), so ``"▁中华"`` gives ``["▁", "中", "华"]`` and a
-  byte-level ``"Ġä¸Ń"`` gives ``["Ġ", "ä¸", "Ń"]``; a piece missing from a byte-fallback
-  SentencePiece vocabulary gives its ``<0x..>`` byte tokens. The mean is accumulated in
-  float64 and rounded once to the model's dtype. This is the initialisation of
-  Chinese-LLaMA-Alpaca and of Hewitt (2021), "Initializing new word embeddings for
-  pretrained language models", restricted to each token's own decomposition.
-* ``normal``: transformers' ``_init_weights`` (``N(0, initializer_range²)``).
+After every resize :mod:`.resize_check` measures the result (``resize_report.json``)
+and refuses an unsafe one.
 
 **A lone word-boundary sub-token** (``▁`` in SentencePiece, ``Ġ`` in byte-level BPE, i.e.
 a sub-token whose text is one space) is left out of the mean whenever the token has
@@ -37,26 +39,14 @@ is one ``index_add_`` over all new rows (no per-token Python loop over tensors).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CptError
+from .embedding_init import InitRequest, ResizePlan, mean_rows  # noqa: F401 (mean_rows re-exported)
 from .outdir import prepare_out_dir
 
-INITS = ("mean", "normal")
-
-
-@dataclass(frozen=True)
-class ResizePlan:
-    """New ids and their sub-token ids under the old tokenizer (flattened).
-
-    ``sub_ids[k]`` belongs to new row ``owner[k]`` (0-based among new ids)."""
-
-    old_size: int
-    new_size: int
-    sub_ids: list[int]
-    owner: list[int]
+DEFAULT_INIT = "mean"
 
 
 def _is_space_marker(token: str) -> bool:
@@ -109,88 +99,142 @@ def plan_mean_init(old_tok: Any, new_tok: Any) -> ResizePlan:
     return ResizePlan(old_n, new_n, sub_ids, owner)
 
 
-def mean_rows(weight, plan: ResizePlan):
-    """Mean of sub-token rows for every new token.
-
-    Args:
-        weight: ``[rows, hidden]`` embedding or output matrix (any float dtype); only
-            rows ``< plan.old_size`` are read.
-
-    Returns:
-        ``[new_size - old_size, hidden]`` tensor in ``weight``'s dtype (float64 sums).
-    """
-    import torch
-
-    n_new = plan.new_size - plan.old_size
-    sub = torch.tensor(plan.sub_ids, dtype=torch.long)
-    owner = torch.tensor(plan.owner, dtype=torch.long)
-    rows = weight.detach()[sub].to(torch.float64)
-    sums = torch.zeros(n_new, weight.shape[1], dtype=torch.float64).index_add_(0, owner, rows)
-    counts = torch.bincount(owner, minlength=n_new).to(torch.float64)
-    return (sums / counts[:, None]).to(weight.dtype)
-
-
-def resize_embeddings(model: Any, old_tok: Any, new_tok: Any, init: str = "mean", seed: int = 0) -> dict[str, Any]:
-    """Resize ``model``'s input/output embeddings in place to ``len(new_tok)`` rows.
-
-    Returns:
-        ``{"old_rows", "new_rows", "tied", "init", "seconds"}``.
+def init_spec(name: str, pm: Any = None):
+    """The :class:`~cptcore.specs.EmbeddingInitSpec` called ``name``.
 
     Raises:
-        CptError: unknown ``init``, or ``new_tok`` does not extend ``old_tok`` (see
-            :func:`check_extends`).
+        RegistryError: unknown name (with the known names and a did-you-mean).
     """
+    if pm is None:
+        from ..plugins import make_plugin_manager
+
+        pm = make_plugin_manager()
+    return pm.registry("embedding_inits").get(name)
+
+
+def parse_init_options(spec: Any, values: dict[str, Any] | None) -> Any:
+    """``--init-option KEY=VALUE`` pairs validated against the spec's options class.
+
+    Raises:
+        ConfigError: unknown option or wrong type (``parse_options``'s message).
+        CptError: a value the options class rejects.
+    """
+    from ..config import parse_options
+
+    try:
+        return parse_options(spec.options, values or {}, owner=f"embedding init '{spec.name}'")
+    except ValueError as exc:  # the options class's own validation
+        raise CptError(f"--init-option for '{spec.name}': {exc}") from None
+
+
+def resize_embeddings(
+    model: Any,
+    old_tok: Any,
+    new_tok: Any,
+    init: str = DEFAULT_INIT,
+    seed: int = 0,
+    init_options: dict[str, Any] | None = None,
+    pm: Any = None,
+) -> dict[str, Any]:
+    """Resize ``model``'s input/output embeddings in place to ``len(new_tok)`` rows; rows
+    ``len(old_tok)..`` are set by the init method ``init`` (a registry name), the old
+    rows are copied bit for bit.
+
+    Returns:
+        ``{"old_rows", "new_rows", "tied", "init", "init_options", "seed", "seconds"}``.
+
+    Raises:
+        RegistryError: unknown ``init``. ConfigError/CptError: bad ``init_options``.
+        CptError: ``new_tok`` does not extend ``old_tok`` (see :func:`check_extends`),
+            or the method returns rows of the wrong shape.
+    """
+    import dataclasses
+    import sys
+
     import torch
 
-    if init not in INITS:
-        raise CptError(f"unknown init {init!r} (choose from {', '.join(INITS)})")
+    spec = init_spec(init, pm)
+    options = parse_init_options(spec, init_options)
+    if spec.warning:
+        print(f"warning: {spec.warning}", file=sys.stderr)
     t0 = time.perf_counter()
     emb = model.get_input_embeddings()
     old_rows = emb.weight.shape[0]
     check_extends(old_tok, new_tok, old_rows, "given")
     out_emb = model.get_output_embeddings()
     tied = out_emb is not None and out_emb.weight is emb.weight
-    plan = plan_mean_init(old_tok, new_tok) if init == "mean" else None
-    old_out = out_emb.weight.detach().clone() if (plan and out_emb is not None and not tied) else None
-    old_in = emb.weight.detach().clone() if plan else None
-    torch.manual_seed(seed)
+    plan = plan_mean_init(old_tok, new_tok)
+    old_in = emb.weight.detach().clone()
+    old_out = out_emb.weight.detach().clone() if (out_emb is not None and not tied) else None
     model.resize_token_embeddings(len(new_tok), mean_resizing=False)
-    if plan is not None:
-        start = plan.old_size
-        with torch.no_grad():
-            model.get_input_embeddings().weight[start:] = mean_rows(old_in, plan)
-            if old_out is not None:
-                model.get_output_embeddings().weight[start:] = mean_rows(old_out, plan)
+    generator = torch.Generator().manual_seed(seed)
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    start = plan.old_size
+    with torch.no_grad():
+        for which, old, weight in (
+            ("input", old_in, model.get_input_embeddings().weight),
+            ("output", old_out, model.get_output_embeddings().weight if old_out is not None else None),
+        ):
+            if old is None or plan.n_new == 0:
+                continue
+            rows = spec.init(InitRequest(old, plan, which, generator, options, std))
+            if tuple(rows.shape) != (plan.n_new, weight.shape[1]):
+                raise CptError(
+                    f"embedding init '{spec.name}' returned rows of shape {tuple(rows.shape)}, "
+                    f"expected {(plan.n_new, weight.shape[1])}"
+                )
+            weight[start:] = rows.to(weight.dtype)
     new_out = model.get_output_embeddings()
     return {
         "old_rows": old_rows,
         "new_rows": len(new_tok),
         "tied": tied and new_out is not None and new_out.weight is model.get_input_embeddings().weight,
-        "init": init,
+        "init": spec.name,
+        "init_options": dataclasses.asdict(options) if options is not None else {},
+        "seed": seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
 def resize_model_folder(
-    model_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, init: str = "mean", overwrite: bool = False
+    model_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    init: str = DEFAULT_INIT,
+    overwrite: bool = False,
+    *,
+    seed: int = 0,
+    init_options: dict[str, Any] | None = None,
+    check: Any = None,
+    pm: Any = None,
 ) -> dict[str, Any]:
     """Load the model in ``model_dir`` (its dtype kept), resize it to the tokenizer in
-    ``tokenizer_dir`` and save safetensors, config and that tokenizer to ``out_dir``.
+    ``tokenizer_dir``, run the safety check (:mod:`.resize_check`, options ``check``, a
+    :class:`~cptcore.model.resize_check.CheckOptions`), write
+    ``out_dir/resize_report.json`` and, when safe (or allowed), save safetensors, config
+    and that tokenizer to ``out_dir``.
 
     Returns:
-        The :func:`resize_embeddings` summary plus ``"dtype"`` and ``"out"``.
+        The :func:`resize_embeddings` summary plus ``"dtype"``, ``"out"`` and
+        ``"check"`` (the safety report).
 
     Raises:
         CptError: a folder lacks a model or tokenizer, a mismatch (:func:`check_extends`),
-            ``out_dir`` not empty without ``overwrite``.
+            ``out_dir`` not empty without ``overwrite``, or an unsafe result (only the
+            report is written then).
+        RegistryError: unknown ``init``.
     """
+    import json
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .resize_check import REPORT_NAME, CheckOptions, measure_after, measure_before, refuse_if_unsafe
+
+    check = check or CheckOptions()
     mdir, tdir = Path(model_dir), Path(tokenizer_dir)
     if not (mdir / "config.json").is_file():
         raise CptError(f"no model in {mdir} (config.json missing)")
-    if init not in INITS:
-        raise CptError(f"unknown init {init!r} (choose from {', '.join(INITS)})")
+    parse_init_options(init_spec(init, pm), init_options)  # before the slow load
     try:
         old_tok = AutoTokenizer.from_pretrained(mdir)
     except (OSError, ValueError):
@@ -204,8 +248,16 @@ def resize_model_folder(
     model = AutoModelForCausalLM.from_pretrained(mdir, torch_dtype="auto")
     check_extends(old_tok, new_tok, model.get_input_embeddings().weight.shape[0], str(tdir))
     out = prepare_out_dir(out_dir, overwrite)
-    summary = resize_embeddings(model, old_tok, new_tok, init=init)
+    t0 = time.perf_counter()
+    before = measure_before(model, old_tok, check)
+    summary = resize_embeddings(model, old_tok, new_tok, init=init, seed=seed, init_options=init_options, pm=pm)
+    report = measure_after(model, old_tok, new_tok, before, check)
+    report["seconds"] = round(time.perf_counter() - t0 - summary["seconds"], 2)
+    summary.update(dtype=str(model.dtype).replace("torch.", ""), out=str(out), check=report)
+    report_path = out / REPORT_NAME
+    doc = {"resize": {k: v for k, v in summary.items() if k != "check"}, **report}
+    report_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    refuse_if_unsafe(report, check, report_path)
     model.save_pretrained(out, safe_serialization=True)
     new_tok.save_pretrained(out)
-    summary.update(dtype=str(model.dtype).replace("torch.", ""), out=str(out))
     return summary
