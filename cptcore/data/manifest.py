@@ -85,7 +85,8 @@ def check_labelled(manifest: dict[str, Any], folder: str | Path) -> None:
         n = unlabeled_rows(folder)
     if n:
         raise DataError(
-            f"{n} of {manifest.get('packs', '?')} rows have no label token (every label -100): they train nothing "
+            f"{n} of {manifest.get('packs', '?')} rows have no label token (every label -100 after the row's first, "
+            "which is never predicted): they train nothing "
             "and give a NaN loss; prepare the data again with this cptcore (it skips such records and counts them)",
             path=str(folder),
         )
