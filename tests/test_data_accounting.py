@@ -67,6 +67,42 @@ def test_progress_shows_an_eta_from_the_input_bytes():
     assert buf.getvalue().rstrip().endswith("0.2/1.0 kB 2 docs  10 tok/s ETA 0:00:08")
 
 
+def test_fault_progress_of_a_gz_input_counts_its_bytes_on_disk(cpt_pm, smollm2_tokenizer_dir, data_dir, tmp_path, monkeypatch):
+    """Was: the bar's total was the .gz size on disk but it advanced by decompressed bytes,
+    so it ran past 100 % (about 4x for JSONL) and the ETA read 0:00:00 long before the end."""
+    import gzip
+
+    from cptcore.data import pipeline, readers
+    from cptcore.data.stats import Progress
+
+    raw = (data_dir / "en_python_docs_sample.jsonl").read_bytes()
+    gz = tmp_path / "docs.jsonl.gz"
+    gz.write_bytes(gzip.compress(raw))
+    (tmp_path / "one.txt.gz").write_bytes(gzip.compress(b"a whole text file"))
+    (tmp_path / "arr.json.gz").write_bytes(gzip.compress(b'[{"text": "a"}, {"text": "b"}, {"text": "c"}]'))
+    for f in (gz, tmp_path / "one.txt.gz", tmp_path / "arr.json.gz"):
+        recs = list(readers.iter_file(str(f)))
+        size = f.stat().st_size
+        assert sum(r.progress_bytes for r in recs) == size - (size % len(recs) if f.suffixes[0] == ".json" else 0)
+    assert sum(r.nbytes for r in readers.iter_file(str(gz))) == len(raw)  # the manifest's bytes: decompressed
+
+    seen = {}
+
+    class Recording(Progress):
+        def __init__(self, total, *a, **kw):
+            super().__init__(total, *a, **kw)
+            seen["total"], seen["advanced"] = total, 0
+
+        def advance(self, nbytes, tokens):
+            seen["advanced"] += nbytes
+            super().advance(nbytes, tokens)
+
+    monkeypatch.setattr(pipeline, "Progress", Recording)
+    m = run(cpt_pm, smollm2_tokenizer_dir, [gz], tmp_path / "out", max_length=256, progress=True)
+    assert seen == {"total": gz.stat().st_size, "advanced": gz.stat().st_size}
+    assert m["bytes"]["read"] == len(raw)
+
+
 # -------------------------------------------------------------- useful tokens (item 14)
 
 

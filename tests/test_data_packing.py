@@ -18,14 +18,17 @@ def docs_of(*lengths, start=1):
 
 
 def test_splice_exact_rows_positions_and_last_partial_pack_kept():
-    rows = pack_all(SplicePacker(4, PAD), docs_of(3, 2, 4))  # 9 tokens -> 2 full rows + 1 partial
-    assert [r.input_ids.tolist() for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 0, 0, 0]]
+    rows = pack_all(SplicePacker(4, PAD), docs_of(3, 2, 5))  # 10 tokens -> 2 full rows + 1 partial
+    assert [r.input_ids.tolist() for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 0, 0]]
     # positions restart at every document start and at every row start
     assert rows[0].position_ids.tolist() == [0, 1, 2, 0]
     assert rows[1].position_ids.tolist() == [0, 0, 1, 2]
-    assert rows[2].position_ids.tolist() == [0, 0, 1, 2]  # 1 real token, then the pad span from 0
-    assert rows[2].labels.tolist() == [9, -100, -100, -100]
-    assert [r.n_pad for r in rows] == [0, 0, 3]
+    assert rows[2].position_ids.tolist() == [0, 1, 0, 1]  # 2 real tokens, then the pad span from 0
+    assert rows[2].labels.tolist() == [9, 10, -100, -100]
+    assert [r.n_pad for r in rows] == [0, 0, 2]
+    # a one-token last row would train nothing (labels[0] is never predicted): dropped, counted
+    packer = SplicePacker(4, PAD)
+    assert len(pack_all(packer, docs_of(3, 2, 4))) == 2 and (packer.dropped.rows, packer.dropped.tokens) == (1, 1)
     assert all(r.input_ids.dtype == np.int32 and r.position_ids.dtype == np.int32 for r in rows)
 
 
@@ -43,8 +46,8 @@ def test_fault_seed_splicer_dropped_last_partial_pack_of_every_buffer():
 
 
 def test_splice_keep_last_short():
-    rows = pack_all(SplicePacker(4, PAD, SpliceOptions(last="keep")), docs_of(5))
-    assert [r.input_ids.tolist() for r in rows] == [[1, 2, 3, 4], [5]]
+    rows = pack_all(SplicePacker(4, PAD, SpliceOptions(last="keep")), docs_of(6))
+    assert [r.input_ids.tolist() for r in rows] == [[1, 2, 3, 4], [5, 6]]
     assert rows[1].n_pad == 0
     with pytest.raises(ValueError):
         SpliceOptions(last="drop")

@@ -24,15 +24,35 @@ def rows_of(rows):
 
 
 def test_splice_drops_a_row_cut_wholly_from_masked_spans_and_counts_it():
-    # labels: 1 2 3 4 | m m m m | 9  -> the middle row (a masked tail + a masked prompt) has no label
-    docs = [doc([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, M, M]), doc([7, 8, 9], [M, M, 9])]
+    # labels: 1 2 3 4 | m m m m | 9 10  -> the middle row (a masked tail + a masked prompt) has no label
+    docs = [doc([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, M, M]), doc([7, 8, 9, 10], [M, M, 9, 10])]
     packer = SplicePacker(4, 0)
     rows = pack_all(packer, docs)
     assert rows_of(rows) == [
         ([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3]),
-        ([9, 0, 0, 0], [9, M, M, M], [0, 0, 1, 2]),
+        ([9, 10, 0, 0], [9, 10, M, M], [0, 1, 0, 1]),
     ]
     assert (packer.dropped.rows, packer.dropped.tokens) == (1, 4)
+
+
+def test_fault_a_row_whose_only_label_is_its_first_is_dropped_by_every_packer():
+    """Was: kept as labelled. The model shifts labels (position t predicts labels[t+1]),
+    so labels[0] of a row is never trained: a document's trained EOS spliced to the start
+    of a row before a masked source, or a one-token last row, trains nothing (NaN)."""
+    # splice: | 1 2 3 4 | 5 m m m | 9 10 : the second row's only label is its first token
+    docs = [doc([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]), doc([6, 7, 8, 9, 10], [M, M, M, 9, 10])]
+    packer = SplicePacker(4, 0)
+    rows = pack_all(packer, docs)
+    assert rows_of(rows) == [([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3]), ([9, 10, 0, 0], [9, 10, M, M], [0, 1, 0, 1])]
+    assert (packer.dropped.rows, packer.dropped.tokens) == (1, 4)
+    # splice: a stream of max_length * k + 1 tokens leaves a one-token last row
+    packer = SplicePacker(4, 0)
+    assert rows_of(pack_all(packer, [doc([1, 2, 3, 4, 5], None)])) == [([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3])]
+    assert (packer.dropped.rows, packer.dropped.tokens) == (1, 1)
+    # whole-document packers: a one-token document alone in its row
+    for packer in (GreedyPacker(4, 0), BfdPacker(4, 0), PassThrough(4, 0)):
+        assert pack_all(packer, [doc([7], [7])]) == [], type(packer).__name__
+        assert (packer.dropped.rows, packer.dropped.tokens) == (1, 1)
 
 
 @pytest.mark.parametrize("make", [lambda: GreedyPacker(4, 0), lambda: BfdPacker(4, 0), lambda: PassThrough(4, 0)])
@@ -115,16 +135,35 @@ def test_empty_target_without_eos_is_skipped_as_no_target_tokens(cpt_pm, smollm2
     assert m["documents"]["skipped"] == {} and _load(tmp_path / "eos")[1][0][:2] == [M, 2]
 
 
+def test_fault_splice_row_of_an_eos_then_a_masked_source_is_dropped_end_to_end(cpt_pm, smollm2_tokenizer_dir, tmp_path):
+    """Was: `[EOS (trained), 7 masked source tokens]` written as a labelled row, and
+    counted as labelled; its only label is never predicted, so that step's loss was NaN."""
+    first = {"source": "", "target": "word " * 7 + "yes"}  # 8 trained tokens + EOS: one over row 1
+    long_source = {"source": "word " * 7, "target": "yes"}  # 7 masked + " yes" + EOS
+    m = _prepare(cpt_pm, smollm2_tokenizer_dir, [first, long_source], tmp_path / "o")
+    ids, labels = _load(tmp_path / "o")
+    words = [3002] + [2229] * 6
+    assert ids == [words + [9805], [9805, 2] + [0] * 6]  # row 2 ([2] + 7 masked words) dropped
+    assert labels == [words + [9805], [9805, 2] + [M] * 6]
+    assert (m["packs"], m["packs_dropped"], m["packs_without_labels"]) == (2, 1, 0)
+    t = m["tokens"]
+    assert (t["in"], t["out"], t["dropped"]) == (18, 10, 8)
+    assert t["in"] == t["out"] + t["truncated"] + t["skipped"] + t["dropped"]
+    assert unlabeled_rows(tmp_path / "o") == 0
+
+
 class TokenPerRowPacker:
-    """A plugin packer that puts every token in its own padded row, labelled or not."""
+    """A plugin packer that cuts a document into padded rows of 1, 2, 2, ..., 2, 1 tokens
+    (boundaries 0, 1, 3, 5, ...), labelled or not."""
 
     def __init__(self, max_length, pad_id, options):
         from cptcore.data.packing import build_row, make_doc
 
-        self.row = lambda i, d: build_row([make_doc(d.input_ids[i : i + 1], d.labels[i : i + 1])], max_length, pad_id)
+        self.row = lambda a, b, d: build_row([make_doc(d.input_ids[a:b], d.labels[a:b])], max_length, pad_id)
 
     def add(self, d):
-        return [self.row(i, d) for i in range(len(d))]
+        cuts = [0, *range(1, len(d), 2), len(d)]
+        return [self.row(a, b, d) for a, b in zip(cuts, cuts[1:])]
 
     def flush(self):
         return []
@@ -141,8 +180,10 @@ def test_rows_without_label_from_a_plugin_packer_are_dropped_and_counted(smollm2
     pm = make_plugin_manager(entrypoints=False, extra=[Plugin()])
     m = _prepare(pm, smollm2_tokenizer_dir, [SHORT], tmp_path / "out", packer="token_per_row")
     ids, labels = _load(tmp_path / "out")
-    assert [r[0] for r in ids] == B[3:] and all(r[0] != M for r in labels)  # the 3 source tokens: dropped
-    assert (m["packs"], m["packs_dropped"], m["tokens"]["dropped"], m["packs_without_labels"]) == (5, 3, 3, 0)
+    # rows [65] [42 15876] [330 42] [329 95] [2]: the first two are masked, the last one's only
+    # label is its first token (never predicted): all three dropped
+    assert [r[:2] for r in ids] == [[330, 42], [329, 95]] and [r[:2] for r in labels] == [[330, 42], [329, 95]]
+    assert (m["packs"], m["packs_dropped"], m["tokens"]["dropped"], m["packs_without_labels"]) == (2, 3, 4, 0)
     t = m["tokens"]
     assert t["in"] == t["out"] + t["truncated"] + t["skipped"] + t["dropped"]
 
@@ -155,13 +196,13 @@ def test_fault_unlabeled_rows_found_in_an_older_folder_and_refused(cpt_pm, smoll
     check_labelled(read_manifest(good), good)
     # an older cpt prepare: a row with no label, and a manifest that does not count them
     old = tmp_path / "old"
-    rows = {"input_ids": [B, B], "labels": [[M] * 8, B], "position_ids": [list(range(8))] * 2}
+    rows = {"input_ids": [B, B, B], "labels": [[M] * 8, B, [2] + [M] * 7], "position_ids": [list(range(8))] * 3}
     datasets.Dataset.from_dict(rows, features=datasets.load_from_disk(str(good)).features).save_to_disk(str(old))
     manifest = read_manifest(good)
     del manifest["packs_without_labels"]
-    (old / "manifest.json").write_text(json.dumps({**manifest, "packs": 2}))
-    assert unlabeled_rows(old) == 1
-    with pytest.raises(DataError, match=r"old: 1 of 2 rows have no label token"):
+    (old / "manifest.json").write_text(json.dumps({**manifest, "packs": 3}))
+    assert unlabeled_rows(old) == 2  # all masked, and only labels[0] (never predicted)
+    with pytest.raises(DataError, match=r"old: 2 of 3 rows have no label token"):
         check_labelled(read_manifest(old), old)
     with pytest.raises(DataError, match="3 of 5 rows"):
         check_labelled({"packs": 5, "packs_without_labels": 3}, good)

@@ -39,9 +39,10 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
 
 
 def unlabeled_rows(folder: str | Path) -> int:
-    """Rows of a prepared folder's Arrow shards (``data-*.arrow``) in which every label
-    is -100, counted from the ``labels`` column (memory-mapped, pyarrow only; for
-    folders whose manifest predates ``packs_without_labels``).
+    """Rows of a prepared folder's Arrow shards (``data-*.arrow``) with no trained
+    label: every label -100 from position 1 on (``labels[0]`` is never predicted, the
+    model shifts labels by one), counted from the ``labels`` column (memory-mapped,
+    pyarrow only; for folders whose manifest predates ``packs_without_labels``).
 
     Raises:
         DataError: a shard that is not an Arrow stream with a ``labels`` column.
@@ -59,8 +60,10 @@ def unlabeled_rows(folder: str | Path) -> int:
                     lengths = pc.list_value_length(labels).fill_null(0).to_numpy(zero_copy_only=False)
                     values = pc.list_flatten(labels).to_numpy(zero_copy_only=False)
                     row_of = np.repeat(np.arange(len(lengths)), lengths)
+                    first = np.zeros(len(values), dtype=bool)  # labels[0] of a row is never predicted
+                    first[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
                     labelled = np.zeros(len(lengths), dtype=bool)
-                    labelled[row_of[values != -100]] = True
+                    labelled[row_of[(values != -100) & ~first]] = True
                     n += int((~labelled).sum())
         except (pa.ArrowInvalid, KeyError, IndexError, OSError) as exc:
             raise DataError(f"unreadable shard ({exc})", path=str(shard)) from exc
@@ -82,7 +85,8 @@ def check_labelled(manifest: dict[str, Any], folder: str | Path) -> None:
         n = unlabeled_rows(folder)
     if n:
         raise DataError(
-            f"{n} of {manifest.get('packs', '?')} rows have no label token (every label -100): they train nothing "
+            f"{n} of {manifest.get('packs', '?')} rows have no label token (every label -100 after the row's first, "
+            "which is never predicted): they train nothing "
             "and give a NaN loss; prepare the data again with this cptcore (it skips such records and counts them)",
             path=str(folder),
         )

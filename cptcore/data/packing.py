@@ -63,13 +63,17 @@ class Dropped:
 
 
 def has_label(row: Row) -> bool:
-    """Whether at least one token of ``row`` carries a label (is not -100)."""
-    return bool((row.labels != IGNORE).any())
+    """Whether at least one label of ``row`` is trained: a label (not -100) at position
+    1 or later. Labels are not shifted; the model shifts them (position ``t``'s logits
+    predict ``labels[t + 1]``, HF's ``ForCausalLMLoss``), so ``labels[0]`` is never
+    predicted and a row whose only label is its first (a document's trained last token
+    spliced to the start of a row, a one-token last row) trains nothing, a NaN loss."""
+    return bool((row.labels[1:] != IGNORE).any())
 
 
 def trainable(rows: Sequence[Row], dropped: Dropped) -> list[Row]:
-    """``rows`` without those that have no label token; each one left out is counted
-    in ``dropped`` (rows, and their non-pad tokens)."""
+    """``rows`` without those that have no trained label (:func:`has_label`); each one
+    left out is counted in ``dropped`` (rows, and their non-pad tokens)."""
     kept = []
     for r in rows:
         if has_label(r):
@@ -134,8 +138,10 @@ def masked_reason(labels: np.ndarray, max_length: int) -> str | None:
     trained on a source without its beginning, which is no longer the record's pair
     (the SFT path skips an over-long first turn the same way). A ``{source, target}``
     document has one masked run, that prefix, and a trained last token (the target's
-    or EOS), so once the prefix is shorter than a row no row cut from it (by any packer
-    or ``--long-doc`` policy) lacks a label.
+    or EOS), so once the prefix is shorter than a row a row that starts with the
+    document has a label; a row ``splice`` starts inside it or just before it (with the
+    previous document's trained EOS as the row's never-predicted first label) may not,
+    and :func:`trainable` drops it.
     """
     trained = np.flatnonzero(labels != IGNORE)
     if not trained.size:
@@ -183,8 +189,9 @@ def fit_long(doc: Doc, max_length: int, policy: str, eos_id: int | None = None) 
 class SplicePacker:
     """Concatenate all documents and cut every ``max_length`` tokens; documents may span
     rows; the last partial row is padded (or kept short) and its padding counted. Only a
-    row that falls wholly inside masked tokens (possible when masked spans of adjacent
-    documents add up to ``max_length``, e.g. SFT prompts) is dropped, into ``dropped``."""
+    row without a trained label (:func:`has_label`: masked spans after its first token
+    fill it, e.g. SFT prompts or a trained EOS then a long source; or a one-token last
+    row) is dropped, into ``dropped``."""
 
     def __init__(self, max_length: int, pad_id: int, options: SpliceOptions | None = None):
         self.max_length = max_length

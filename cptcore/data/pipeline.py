@@ -234,7 +234,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
             st.read += 1
             st.bytes_read += rec.nbytes
             st.files.add(rec.path)
-            progress.advance(rec.nbytes, 0 if reason else len(ids))
+            progress.advance(rec.progress_bytes, 0 if reason else len(ids))  # on-disk bytes, as the total
             if reason:
                 if args.on_error == "stop" and reason not in POLICY_SKIPS:
                     hint = " (use --on-error skip to skip and count such records)"

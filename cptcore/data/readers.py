@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,10 @@ class Record:
     ``text`` is the document (pretraining) and ``data`` the parsed JSON object (SFT);
     ``source``/``target`` are set for the seed's ``{source, target, category}`` rows.
     ``error`` is a short reason when the record is unusable; ``nbytes`` is how many
-    bytes of the file it consumed (for progress).
+    bytes of the file it consumed, decompressed for ``.gz`` (the manifest's ``bytes``);
+    ``disk_bytes`` is its share of the file on disk when that differs (``.gz``: the
+    compressed bytes read for it), which the progress bar and its ETA count, since
+    their total is the inputs' size on disk (see :attr:`progress_bytes`).
     """
 
     path: str
@@ -55,6 +59,13 @@ class Record:
     data: Any = None
     error: str | None = None
     nbytes: int = 0
+    disk_bytes: int | None = None
+
+    @property
+    def progress_bytes(self) -> int:
+        """Bytes of the file on disk this record accounts for (``disk_bytes``, else
+        ``nbytes``): what the progress bar advances by."""
+        return self.nbytes if self.disk_bytes is None else self.disk_bytes
 
 
 def parse_input(value: str) -> InputSpec:
@@ -184,6 +195,8 @@ def _json_error(exc: json.JSONDecodeError) -> str:
 
 def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
     with _open(path) as fh:
+        raw_fh = getattr(fh, "fileobj", None)  # .gz: the compressed file underneath
+        disk = 0  # compressed bytes accounted for so far
         for lineno, raw in enumerate(fh, 1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # UTF-8 byte-order mark
@@ -192,14 +205,19 @@ def _iter_jsonl(path: str, field: str | None) -> Iterator[Record]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                yield Record(path, lineno, error="invalid UTF-8", nbytes=len(raw))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Record(path, lineno, error=_json_error(exc), nbytes=len(raw))
-                continue
-            yield _text_of(obj, path, lineno, field, len(raw))
+                rec = Record(path, lineno, error="invalid UTF-8", nbytes=len(raw))
+            else:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    rec = Record(path, lineno, error=_json_error(exc), nbytes=len(raw))
+                else:
+                    rec = _text_of(obj, path, lineno, field, len(raw))
+            if raw_fh is not None:  # compressed bytes read since the last record (read in blocks)
+                now = raw_fh.tell()
+                rec = dataclasses.replace(rec, disk_bytes=now - disk)
+                disk = now
+            yield rec
 
 
 def _iter_json(path: str, field: str | None) -> Iterator[Record]:
@@ -214,8 +232,10 @@ def _iter_json(path: str, field: str | None) -> Iterator[Record]:
         return
     items = obj if isinstance(obj, list) else [obj]
     share = len(raw) // max(1, len(items))
+    disk = os.path.getsize(path) // max(1, len(items)) if path.endswith(".gz") else None
     for i, item in enumerate(items, 1):  # "line" is the array item number here
-        yield _text_of(item, path, i, field, share)
+        rec = _text_of(item, path, i, field, share)
+        yield rec if disk is None else dataclasses.replace(rec, disk_bytes=disk)
 
 
 def _iter_parquet(path: str, field: str | None) -> Iterator[Record]:
@@ -271,9 +291,12 @@ def iter_file(path: str, field: str | None = "text") -> Iterator[Record]:
         records = _iter_text(path, field)
     if os.path.getsize(path) == 0:
         records = iter(())
+    whole = os.path.getsize(path) if path.endswith(".gz") and fmt != "jsonl" else None
     empty = True
     for rec in records:
         empty = False
+        if whole is not None and rec.disk_bytes is None:  # a .gz read whole: one record for it
+            rec = dataclasses.replace(rec, disk_bytes=whole)
         yield rec
     if empty:
         yield Record(path, 1, error="empty file", nbytes=os.path.getsize(path))

@@ -69,8 +69,9 @@ class InputStats:
 @dataclass
 class RowStats:
     """Counters of the rows written: ``slots`` is the sum of row lengths (padding
-    included), ``longest`` the longest row, ``without_labels`` rows with no label token
-    (0 by construction: such rows are dropped and counted in ``dropped_rows`` /
+    included), ``longest`` the longest row, ``without_labels`` rows with no trained
+    label (none at position 1 or later, :func:`cptcore.data.packing.has_label`; 0 by
+    construction: such rows are dropped and counted in ``dropped_rows`` /
     ``dropped_tokens``)."""
 
     packs: int = 0
@@ -93,7 +94,7 @@ class RowStats:
             self.slots += n
             self.longest = max(self.longest, n)
             self.label_tokens += labels
-            self.without_labels += labels == 0
+            self.without_labels += not bool((r.labels[1:] != -100).any())  # labels[0] is never predicted
 
 
 class Progress:
