@@ -42,3 +42,32 @@ def test_gzip_and_byte_order_mark(tmp_path):
         fh.write(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two"}\n')
     recs = list(iter_input(InputSpec(str(tmp_path / "a.jsonl.gz"))))
     assert [(r.line, r.text, r.error) for r in recs] == [(1, "one", None), (2, "two", None)]
+
+
+def test_fault_corrupt_gz_and_parquet_are_one_record_error_not_a_traceback(tmp_path):
+    """Was: a truncated .gz raised EOFError (click turned it into a bare 'Abort'), a file
+    that is not gzip raised BadGzipFile, a corrupt Parquet page raised OSError."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cptcore.data.readers import iter_file
+
+    lines = b"".join(json.dumps({"text": f"doc {i} " * 40}).encode() + b"\n" for i in range(200))
+    packed = gzip.compress(lines)
+    (tmp_path / "t.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip\n")
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(b"hello world")[:15])
+    for name, line in (("t.jsonl.gz", None), ("fake.jsonl.gz", 1), ("t.txt.gz", 1)):
+        recs = list(iter_file(str(tmp_path / name)))
+        assert recs[-1].error.startswith("unreadable gzip ("), name
+        assert all(r.error is None for r in recs[:-1])
+        assert recs[-1].line == (line or len(recs))  # the line after the last good record
+    pq.write_table(pa.table({"text": [f"doc {i} " * 50 for i in range(3000)]}), tmp_path / "p.parquet", row_group_size=1000)
+    blob = bytearray((tmp_path / "p.parquet").read_bytes())
+    off = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(1).column(0).data_page_offset
+    blob[off + 10 : off + 200] = bytes(190)
+    (tmp_path / "c.parquet").write_bytes(bytes(blob))
+    recs = list(iter_file(str(tmp_path / "c.parquet")))
+    assert recs[-1].error.startswith("unreadable Parquet (") and all(r.error is None for r in recs[:-1])

@@ -14,6 +14,7 @@ import glob
 import json
 import dataclasses
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -249,10 +250,13 @@ def _iter_parquet(path: str, field: str | None) -> Iterator[Record]:
     size = os.path.getsize(path)
     share = size // max(1, pf.metadata.num_rows)
     row = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for obj in batch.to_pylist():
-            row += 1  # "line" is the 1-based row number here
-            yield _text_of(obj, path, row, field, share)
+    try:
+        for batch in pf.iter_batches(batch_size=1024):
+            for obj in batch.to_pylist():
+                row += 1  # "line" is the 1-based row number here
+                yield _text_of(obj, path, row, field, share)
+    except Exception as exc:  # a corrupt page or column chunk after a readable footer
+        yield Record(path, row + 1, error=f"unreadable Parquet ({type(exc).__name__})")
 
 
 def _iter_text(path: str, field: str | None) -> Iterator[Record]:
@@ -293,11 +297,21 @@ def iter_file(path: str, field: str | None = "text") -> Iterator[Record]:
         records = iter(())
     whole = os.path.getsize(path) if path.endswith(".gz") and fmt != "jsonl" else None
     empty = True
-    for rec in records:
+    line = 0
+    try:
+        for rec in records:
+            empty = False
+            line = rec.line
+            if whole is not None and rec.disk_bytes is None:  # a .gz read whole: one record for it
+                rec = dataclasses.replace(rec, disk_bytes=whole)
+            yield rec
+    except (OSError, EOFError, zlib.error) as exc:
+        if not path.endswith(".gz"):
+            raise
+        # a truncated or corrupt .gz (or not gzip at all): what follows the last good
+        # record cannot be read; one record says so (an error, or counted with skip)
         empty = False
-        if whole is not None and rec.disk_bytes is None:  # a .gz read whole: one record for it
-            rec = dataclasses.replace(rec, disk_bytes=whole)
-        yield rec
+        yield Record(path, line + 1, error=f"unreadable gzip ({exc})")
     if empty:
         yield Record(path, 1, error="empty file", nbytes=os.path.getsize(path))
 
