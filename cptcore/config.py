@@ -81,6 +81,7 @@ class CheckpointingConfig:
     save_every: int = 0  # optimizer steps; 0 = only at the end
     keep_last: int = 2
     resume: str | None = None  # None | "auto" | path to a checkpoint folder
+    new_data: bool = False  # resume on different training data: its sampler starts at its beginning
 
 
 @dataclass(frozen=True)

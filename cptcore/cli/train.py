@@ -85,12 +85,18 @@ def register(app: typer.Typer, pm: Any) -> None:
         if launching:
             from ..train.loop import precheck
 
+            def check_first() -> None:  # fail fast, before any process starts
+                precheck(cfg, pm, (nproc_per_node or 1) * nnodes)
+                if node_rank == 0:  # another run holding OUT: one line now, not from rank 0 later
+                    from ..train.runlock import probe
+
+                    probe(cfg.training.out_dir)
+
             argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("cpt", "main.py") else None
             if argv is None:
                 raise ConfigError("--nproc-per-node needs to be run from the 'cpt' command line")
             code = launch(argv, nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rendezvous_timeout,
-                          # fail fast, before any process starts
-                          precheck=lambda: precheck(cfg, pm, (nproc_per_node or 1) * nnodes),
+                          precheck=check_first,
                           echo=lambda line: typer.echo(line, err=True))
             if code:
                 raise typer.Exit(code)
@@ -106,11 +112,15 @@ def register(app: typer.Typer, pm: Any) -> None:
         checkpoint: Path = typer.Argument(..., help="A checkpoint folder OUT/checkpoints/step-N."),
         out: Path = typer.Option(..., "--out", help="Folder to write the Hugging Face model to (must be empty or new)."),
         merge_lora: bool = typer.Option(False, "--merge-lora", help="Merge LoRA adapters into the base weights."),
+        model: Optional[str] = typer.Option(None, "--model", help="Base model folder (instead of the checkpoint config's model.path)."),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (instead of the checkpoint config's)."),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the base model's own Python code (never taken from the checkpoint)."),
     ) -> None:
         """Export any checkpoint as a Hugging Face folder (LoRA: adapter, or merged)."""
         from ..train.export_cli import export_checkpoint
 
-        path = export_checkpoint(pm, checkpoint, out, merge_lora=merge_lora)
+        path = export_checkpoint(pm, checkpoint, out, merge_lora=merge_lora, model=model, tokenizer=tokenizer,
+                                 trust_remote_code=trust_remote_code)
         typer.echo(f"exported {checkpoint} -> {path}")
 
     @app.command("generate")

@@ -34,6 +34,30 @@ def check_model_path(path: str) -> Path:
     return p
 
 
+def check_model_files(folder: str | Path) -> Path:
+    """Refuse a model folder whose weight index names a file outside it (transformers
+    joins ``*.index.json`` shard names to the folder unchecked, ``utils/hub.py:1110``,
+    so ``"../../x.bin"`` would be read from anywhere). Weights themselves are read by
+    transformers with safetensors or ``torch.load(weights_only=True)`` (its default).
+
+    Raises:
+        CptError: an unreadable index, or a shard name leaving the folder.
+    """
+    import json
+
+    from ..train.integrity import inside
+
+    folder = Path(folder)
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise CptError(f"{index}: unreadable weight index ({type(exc).__name__}: {exc})") from exc
+        for name in sorted(map(str, names)):
+            inside(folder, name, f"shard name in {index.name}")
+    return folder
+
+
 def resolve_hf_folder(path: str) -> Path:
     """An HF folder for ``path``: itself, or for a ``.gguf`` file a clean folder imported
     once with :func:`cptcore.model.gguf.import_gguf` into the cache
@@ -107,7 +131,7 @@ def load_model(model_cfg: Any, log: Any = print) -> Any:
 
     if model_cfg.dtype not in DTYPES:
         raise ConfigError(f"model.dtype: unknown '{model_cfg.dtype}' (fp32, bf16, fp16)")
-    folder = resolve_hf_folder(model_cfg.path)
+    folder = check_model_files(resolve_hf_folder(model_cfg.path))
     impl, why = choose_attention(model_cfg.attn_implementation)
     log(f"attention: {impl} ({why})")
     try:

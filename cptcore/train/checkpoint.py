@@ -6,16 +6,22 @@ Layout of ``step-N/``::
     optimizer/        strategy's sharded optimizer I/O
     lr_scheduler.pt   LR scheduler state (last_epoch = updates done)
     adapter/          peft adapter (LoRA runs only), PeftModel.from_pretrained-loadable
-    rng/rank-R.pt     python, numpy and torch RNG states of rank R
+    rng/rank-R.json   python, numpy and torch RNG states of rank R (JSON, no pickle)
     config.yaml       the resolved run config
     trainer_state.json  step, epoch, tokens_seen, micro_batches, sampler position,
-                      world_size; written LAST: its presence marks a complete checkpoint
+                      world_size, layout and data fingerprint (:mod:`.resume_check`)
+    checksums.sha256  SHA-256 of every other file (:mod:`.integrity`, sha256sum format)
 
 Every rank writes into ``step-N.tmp/``; after a barrier rank 0 writes
-``trainer_state.json`` and renames the folder to ``step-N`` (``os.rename`` is atomic on
-one filesystem), then deletes all but the newest ``keep_last`` complete checkpoints.
-A run killed mid-save leaves only a ``.tmp`` folder, which resume ignores and the next
-save of that step replaces.
+``trainer_state.json``, hashes and fsyncs every file, writes ``checksums.sha256``, fsyncs
+the folders, renames the folder to ``step-N`` (``os.rename`` is atomic on one
+filesystem) and fsyncs ``checkpoints/``, then deletes all but the newest ``keep_last``
+complete checkpoints. A run killed mid-save leaves only a ``.tmp`` folder, which resume
+ignores and the next save of that step replaces.
+
+Nothing read from a checkpoint can execute code: JSON, ``torch.load(weights_only=True)``
+(ColossalAI's loaders patched by :mod:`cptcore.compat.safe_load`), and index entries
+that must stay inside their folder. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -30,9 +36,22 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CptError
+from .integrity import CHECKSUMS, inside, verify_checksums, write_checksums
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
+#: trainer-state entries resume needs, and their types
+STATE_KEYS = {"step": int, "micro_batches": int, "tokens_seen": int, "sampler": dict}
+_VERIFIED: set[tuple] = set()  # folders (with every file's size and mtime) verified in this process
+
+
+def _stat_key(folder: Path) -> tuple:
+    files = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            st = os.stat(os.path.join(root, name))
+            files.append((os.path.join(root, name), st.st_size, st.st_mtime_ns))
+    return (str(folder.resolve()), tuple(sorted(files)))
 
 
 def checkpoints_dir(out_dir: str | Path) -> Path:
@@ -40,23 +59,33 @@ def checkpoints_dir(out_dir: str | Path) -> Path:
 
 
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (``step-N`` folders with ``trainer_state.json``), oldest first."""
+    """Complete checkpoints (``step-N`` folders with ``trainer_state.json`` and
+    ``checksums.sha256``), oldest first. Not verified: see :func:`validate_checkpoint`."""
     d = checkpoints_dir(out_dir)
     if not d.is_dir():
         return []
     found = []
     for p in d.iterdir():
         m = _STEP.match(p.name)
-        if m and p.is_dir() and (p / STATE).is_file():
+        if m and p.is_dir() and (p / STATE).is_file() and (p / CHECKSUMS).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
 
-def validate_checkpoint(path: str | Path, world_size: int | None = None) -> dict:
-    """Check a checkpoint folder is complete before any heavy work; return its state.
+def validate_checkpoint(path: str | Path, world_size: int | None = None, verify: bool = True) -> dict:
+    """Check a checkpoint folder is complete and intact before any heavy work; return its
+    trainer state.
+
+    Checks: ``trainer_state.json`` parses and has ``step``, ``micro_batches``,
+    ``tokens_seen`` (ints) and ``sampler`` (a dict with ``epoch``/``position``); the
+    model, optimizer, LR scheduler, config and per-rank RNG files exist; every shard name
+    of an index stays inside its folder and exists; with ``verify`` every file matches
+    ``checksums.sha256`` (once per process and folder); with ``world_size`` the saved
+    world size matches.
 
     Raises:
-        CptError: one line naming the folder and what is missing or corrupt.
+        CptError: one line naming the folder or file and what is missing or corrupt
+            (:class:`~cptcore.train.integrity.DamagedCheckpoint` for checksum failures).
     """
     p = Path(path)
     if not p.is_dir():
@@ -67,23 +96,39 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None) -> dict
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
         int(state["step"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CptError(f"{state_file}: corrupt trainer state ({exc})") from exc
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CptError(f"{state_file}: corrupt trainer state ({type(exc).__name__}: {exc})") from exc
+    for name, kind in STATE_KEYS.items():
+        if not isinstance(state.get(name), kind) or isinstance(state.get(name), bool):
+            what = "no" if name not in state else f"a bad ({type(state[name]).__name__})"
+            raise CptError(f"{state_file}: corrupt trainer state ({what} '{name}' entry)")
+    for name in ("epoch", "position"):
+        if not isinstance(state["sampler"].get(name), int) or state["sampler"][name] < 0:
+            raise CptError(f"{state_file}: corrupt trainer state (sampler has no valid '{name}')")
     needed = ["model", "optimizer", "lr_scheduler.pt", "config.yaml"]
-    needed += [f"rng/rank-{r}.pt" for r in range(int(state.get("world_size", 1)))]
+    needed += [f"rng/rank-{r}.json" for r in range(int(state.get("world_size", 1)))]
     for rel in needed:
         if not (p / rel).exists():
+            if rel.startswith("rng/") and (p / rel.replace(".json", ".pt")).exists():
+                raise CptError(f"{p}: {rel.replace('.json', '.pt')} is a pickled RNG file (cptcore < 0.2), which "
+                               "cptcore no longer loads; resume from a newer checkpoint or export this one")
             raise CptError(f"{p}: incomplete checkpoint, missing {rel}")
     for sub in ("model", "optimizer"):
-        index = list((p / sub).glob("*.index.json"))
-        for idx in index:
+        for idx in sorted((p / sub).glob("*.index.json")):
             try:
-                files = set(json.loads(idx.read_text())["weight_map"].values())
-            except (ValueError, KeyError) as exc:
+                index = json.loads(idx.read_text(encoding="utf-8"))
+                files = set(index["weight_map"].values())
+                group = (index.get("metadata") or {}).get("param_groups")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise CptError(f"{idx}: corrupt index ({exc})") from exc
-            for f in files:
-                if not (p / sub / f).is_file():
+            for f in sorted(files | ({group} if group else set())):
+                if not inside(p / sub, str(f), f"shard name in {idx.name}").is_file():
                     raise CptError(f"{p}: incomplete checkpoint, {sub}/{f} is missing")
+    if verify:
+        key = _stat_key(p)
+        if key not in _VERIFIED:
+            verify_checksums(p)
+            _VERIFIED.add(key)
     if world_size is not None and int(state.get("world_size", 1)) != world_size:
         raise CptError(
             f"{p}: saved with {state.get('world_size')} processes, this run has {world_size}; resume with the same world size"
@@ -91,36 +136,81 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None) -> dict
     return state
 
 
-def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
-    """``None`` -> None; ``"auto"`` -> newest complete checkpoint of ``out_dir`` or None;
-    a path -> that folder (validated later)."""
+def resolve_resume(resume: str | None, out_dir: str | Path, log: Any = None) -> Path | None:
+    """``None`` -> None; a path -> that folder (validated later); ``"auto"`` -> the newest
+    complete checkpoint of ``out_dir`` that passes :func:`validate_checkpoint`, falling
+    back past damaged ones (each reported through ``log``, default stderr), or None when
+    ``out_dir`` has no complete checkpoint.
+
+    Raises:
+        CptError: ``"auto"`` and every complete checkpoint is damaged (names the newest
+            and its problem).
+    """
     if not resume:
         return None
-    if resume == "auto":
-        found = list_checkpoints(out_dir)
-        return found[-1] if found else None
-    return Path(resume)
+    if resume != "auto":
+        return Path(resume)
+    found = list_checkpoints(out_dir)
+    if log is None:
+        import sys
+
+        def log(msg: str) -> None:
+            if os.environ.get("RANK", "0") in ("", "0"):
+                print(f"cpt train: {msg}", file=sys.stderr, flush=True)
+    problems = []
+    for ckpt in reversed(found):
+        try:
+            validate_checkpoint(ckpt)
+        except CptError as exc:
+            problems.append(f"{ckpt.name}: {exc}")
+            log(f"--resume auto: skipping damaged checkpoint {ckpt.name} ({exc})")
+            continue
+        if problems:
+            log(f"--resume auto: falling back to {ckpt.name}, the newest intact checkpoint")
+        return ckpt
+    if problems:
+        raise CptError(f"--resume auto: no intact checkpoint in {checkpoints_dir(out_dir)} "
+                       f"(newest {problems[0]})")
+    return None
 
 
 def rng_state() -> dict:
+    """This process's python, numpy, torch (and CUDA) RNG states as plain JSON values:
+    ``{"python": [version, [625 ints], gauss|None], "numpy": {"key": [624 ints], "pos",
+    "has_gauss", "cached_gaussian"}, "torch": [bytes as ints], "cuda": [[ints], ...]}``."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"kind": kind, "key": [int(k) for k in key], "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`.
+
+    Raises:
+        KeyError, TypeError, ValueError: a malformed state (the caller names the file).
+    """
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), None if gauss is None else float(gauss)))
+    n = state["numpy"]
+    np.random.set_state((str(n["kind"]), np.asarray(n["key"], dtype=np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                         float(n["cached_gaussian"])))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def _barrier() -> None:
@@ -143,35 +233,63 @@ def save_checkpoint(
     trainer_state: dict, config: Any, keep_last: int, hf_model: Any = None,
 ) -> Path:
     """Write ``OUT/checkpoints/step-{step}`` atomically (see the module docstring). Called
-    on every rank. Returns the final folder."""
-    import torch
+    on every rank. ``trainer_state`` gains ``step``, ``world_size``, ``layout`` and
+    ``data`` (:func:`cptcore.train.resume_check.saved_fingerprint`). Folders ``step-*.tmp``
+    left by killed saves are removed only while this process holds the run lock on
+    ``out_dir`` (:mod:`.runlock`), so a save can never delete another run's save in
+    progress. Returns the final folder.
 
-    from ..config import write_resolved
-    from .export import is_peft
+    Raises:
+        CptError: the folder cannot be written (one line naming the path and the reason).
+    """
+    from .runlock import writable_error
 
-    rank, world = _rank_world()
     final = checkpoints_dir(out_dir) / f"step-{step}"
     tmp = final.with_name(final.name + ".tmp")
+    try:
+        return _save(out_dir, step, final, tmp, strategy, model, optimizer, scheduler, trainer_state, config,
+                     keep_last, hf_model)
+    except OSError as exc:
+        raise writable_error(exc, str(tmp)) from exc
+    except RuntimeError as exc:  # torch.save: "File ... cannot be opened", "Parent directory ... does not exist"
+        if str(tmp) not in str(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CptError(f"cannot write checkpoint {tmp}: {first} (check the output folder's permissions and free space)") from exc
+
+
+def _save(out_dir: Any, step: int, final: Path, tmp: Path, strategy: Any, model: Any, optimizer: Any, scheduler: Any,
+          trainer_state: dict, config: Any, keep_last: int, hf_model: Any) -> Path:
+    from ..config import write_resolved
+    from .export import is_peft
+    from .integrity import fsync_dir
+    from .resume_check import saved_fingerprint
+    from .runlock import held
+
+    rank, world = _rank_world()
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
         (tmp / "rng").mkdir(parents=True)
     _barrier()
     strategy.save(tmp, model, optimizer, scheduler)
-    torch.save(rng_state(), tmp / "rng" / f"rank-{rank}.pt")
+    (tmp / "rng" / f"rank-{rank}.json").write_text(json.dumps(rng_state()), encoding="utf-8")
     if rank == 0:
         write_resolved(config, tmp)
         if hf_model is not None and is_peft(hf_model):
             hf_model.save_pretrained(str(tmp / "adapter"))
     _barrier()
     if rank == 0:
-        state = dict(trainer_state, step=step, world_size=world)
+        state = dict(trainer_state, step=step, world_size=world, **saved_fingerprint(config, strategy, world))
         (tmp / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        write_checksums(tmp)  # hashes and fsyncs every file, then the folders
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        for stale in checkpoints_dir(out_dir).glob("step-*.tmp"):  # left by a killed save
-            shutil.rmtree(stale, ignore_errors=True)
+        fsync_dir(final.parent)
+        if held(out_dir):  # only this run writes here: a .tmp is a killed save of ours
+            for stale in checkpoints_dir(out_dir).glob("step-*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
         prune(out_dir, keep_last)
     _barrier()
     return final
@@ -189,17 +307,35 @@ def prune(out_dir: str | Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, scheduler: Any) -> dict:
+def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, scheduler: Any,
+                    new_data: bool = False) -> dict:
     """Restore model, optimizer, scheduler (through the strategy) and this rank's RNG
     states; return the trainer state (the caller restores the sampler and counters).
-    Call after :func:`validate_checkpoint`."""
-    import torch
+    Verifies the checkpoint first (:func:`validate_checkpoint`; free when precheck did it
+    in this process) and makes ColossalAI's loaders non-executing
+    (:func:`cptcore.compat.safe_load.apply`).
+
+    With ``new_data`` (``checkpointing.new_data``: the training data changed on purpose)
+    the returned ``sampler`` entry is ``{"epoch": 0, "position": 0}``: the new data is
+    read from its beginning while step, optimizer, LR schedule and RNG continue.
+
+    Raises:
+        CptError: damaged, incomplete or unreadable checkpoint, naming the file.
+    """
+    from ..compat import safe_load
 
     rank, world = _rank_world()
     state = validate_checkpoint(path, world)
+    safe_load.apply()
+    rng_file = path / "rng" / f"rank-{rank}.json"
     with unreadable_as_error(path):
         strategy.load(path, model, optimizer, scheduler)
-        set_rng_state(torch.load(path / "rng" / f"rank-{rank}.pt", weights_only=False))
+    try:
+        set_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CptError(f"{rng_file}: corrupt RNG state ({type(exc).__name__}: {exc})") from exc
+    if new_data:
+        state = dict(state, sampler={"epoch": 0, "position": 0})
     return state
 
 

@@ -52,7 +52,7 @@ def load_checkpoint_weights(model: Any, ckpt_dir: Path) -> None:
     checkpoint was made from, peft wrapper included), strictly.
 
     Raises:
-        CptError: missing index, or keys that do not match.
+        CptError: missing index, a shard name leaving ``model/``, or keys that do not match.
     """
     import json
 
@@ -62,10 +62,13 @@ def load_checkpoint_weights(model: Any, ckpt_dir: Path) -> None:
     index = folder / "pytorch_model.bin.index.json"
     if not index.is_file():
         raise CptError(f"{ckpt_dir}: no model/pytorch_model.bin.index.json (not a cptcore checkpoint folder)")
+    from .integrity import inside
+
     files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     state: dict = {}
-    for name in files:
-        state.update(torch.load(folder / name, map_location="cpu", weights_only=True))
+    for name in files:  # names from the index: each must stay inside model/
+        state.update(torch.load(inside(folder, str(name), f"shard name in {index.name}"), map_location="cpu",
+                                weights_only=True))
     target = model.get_base_model() if is_peft(model) else model
     own = target.state_dict()
     # ColossalAI's DDP checkpoint I/O saves a peft model as its base model's state dict

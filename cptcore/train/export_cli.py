@@ -8,18 +8,58 @@ from typing import Any, Sequence
 
 
 
-def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
-    """Rebuild the model from the checkpoint's ``config.yaml`` (``cpt_build_model``, so
-    LoRA wraps it again), load the checkpoint's weights, and write a Hugging Face folder
-    through ``cpt_save``. With LoRA and no ``merge_lora`` the folder holds the peft
-    adapter; with ``merge_lora`` full merged weights.
+def checkpoint_config(ckpt: Path, model: str | None = None, tokenizer: str | None = None,
+                      trust_remote_code: bool = False) -> Any:
+    """The run config stored in ``ckpt/config.yaml``, made safe to build from.
+
+    A checkpoint is something people share, so nothing in its ``config.yaml`` may decide
+    to run code or pick a model folder relative to wherever it was unpacked:
+    ``model.trust_remote_code`` is replaced by ``trust_remote_code`` (the command line's
+    ``--trust-remote-code``), and ``model.path``/``model.tokenizer`` must be absolute
+    paths outside the checkpoint folder unless ``model``/``tokenizer`` (``--model``,
+    ``--tokenizer``) replace them.
 
     Raises:
-        CptError: incomplete checkpoint, non-empty ``out``, weights that do not match.
+        ConfigError: a relative model or tokenizer path, or one inside the checkpoint.
+    """
+    from ..config import load_config
+    from ..errors import ConfigError
+
+    config = load_config(ckpt / "config.yaml")
+    root = ckpt.resolve()
+    chosen = {"path": model, "tokenizer": tokenizer}
+    values = {}
+    for key, flag in (("path", "--model"), ("tokenizer", "--tokenizer")):
+        value = chosen[key] if chosen[key] is not None else getattr(config.model, key)
+        if chosen[key] is None and value:
+            where = Path(value)
+            if not where.is_absolute():
+                raise ConfigError(f"{ckpt / 'config.yaml'}: model.{key} {value!r} is a relative path, which cpt export "
+                                  f"does not follow from a checkpoint; give the base model with {flag} PATH")
+            if where.resolve() == root or root in where.resolve().parents:
+                raise ConfigError(f"{ckpt / 'config.yaml'}: model.{key} {value!r} points inside the checkpoint, "
+                                  f"which cpt export does not load from; give the base model with {flag} PATH")
+        values[key] = value
+    model_cfg = dataclasses.replace(config.model, path=values["path"], tokenizer=values["tokenizer"],
+                                    trust_remote_code=trust_remote_code)
+    return dataclasses.replace(config, model=model_cfg)
+
+
+def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lora: bool = False,
+                      model: str | None = None, tokenizer: str | None = None,
+                      trust_remote_code: bool = False) -> Path:
+    """Verify the checkpoint (checksums, see docs/security.md), rebuild the model from its
+    ``config.yaml`` (:func:`checkpoint_config`; ``cpt_build_model``, so LoRA wraps it
+    again), load the checkpoint's weights, and write a Hugging Face folder through
+    ``cpt_save``. With LoRA and no ``merge_lora`` the folder holds the peft adapter; with
+    ``merge_lora`` full merged weights.
+
+    Raises:
+        CptError: incomplete or damaged checkpoint (naming the file), non-empty ``out``,
+            weights that do not match, an unsafe model path in the checkpoint's config.
     """
     import torch
 
-    from ..config import load_config
     from ..errors import CptError
     from ..model.load import load_tokenizer
     from ..model.outdir import prepare_out_dir
@@ -30,18 +70,21 @@ def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lo
 
     ckpt = Path(checkpoint)
     validate_checkpoint(ckpt)
-    config = load_config(ckpt / "config.yaml")
+    config = checkpoint_config(ckpt, model, tokenizer, trust_remote_code)
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, merge_on_export=merge_lora))
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         # `cpt export` has no --overwrite (prepare_out_dir's own message suggests one)
         raise CptError(f"output folder {out} exists and is not empty: choose another --out or delete it")
+    from ..model.load import check_model_path
+
+    check_model_path(config.model.path)
     out_dir = prepare_out_dir(out, overwrite=False)
     torch.manual_seed(config.training.seed)
-    model = build_model(config, pm)
+    built = build_model(config, pm)
     with unreadable_as_error(ckpt):
-        load_checkpoint_weights(model, ckpt)
-    tokenizer = load_tokenizer(config.model)
-    return call_provider(pm, "cpt_save", model=model, out_dir=out_dir, config=config, tokenizer=tokenizer)
+        load_checkpoint_weights(built, ckpt)
+    tok = load_tokenizer(config.model)
+    return call_provider(pm, "cpt_save", model=built, out_dir=out_dir, config=config, tokenizer=tok)
 
 
 def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, temperature: float = 0.0,
@@ -59,7 +102,7 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..errors import ConfigError
-    from ..model.load import check_model_path, resolve_hf_folder
+    from ..model.load import check_model_files, check_model_path, resolve_hf_folder
 
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
@@ -76,8 +119,8 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
         tok_dir = p if (p / "tokenizer_config.json").is_file() else model.peft_config["default"].base_model_name_or_path
     else:
         check_model_path(model_path)
-        folder = resolve_hf_folder(model_path)
-        model = AutoModelForCausalLM.from_pretrained(str(folder))
+        folder = check_model_files(resolve_hf_folder(model_path))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False)
         tok_dir = folder
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     model.eval()

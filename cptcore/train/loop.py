@@ -53,7 +53,9 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     """
     from ..model.load import check_model_path
     from .build import FREEZE_CHOICES, validate_strategy
-    from .checkpoint import resolve_resume, validate_checkpoint
+    from .checkpoint import resolve_resume
+    from .resume_check import check_resume
+    from .runlock import ensure_writable
     from .data import parse_source
     from .optim import lr_lambda
 
@@ -98,9 +100,9 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
 
     for src, manifest in zip(sources, check_sources(sources, load_tokenizer(config.model))):
         check_labelled(manifest, src.path)  # no row without a label token (a NaN loss)
-    resume = resolve_resume(config.checkpointing.resume, t.out_dir)
+    resume = resolve_resume(config.checkpointing.resume, t.out_dir, log=_log)
     if resume is not None:
-        done = int(validate_checkpoint(resume)["step"])
+        done = int(check_resume(resume, config, pm, world_size)["step"])  # verified, layout, data
         if done > t.max_steps:
             raise ConfigError(
                 f"{resume} is at step {done}, past training.max_steps={t.max_steps}: "
@@ -110,6 +112,7 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
         _log(f"--resume auto: no checkpoint in {t.out_dir}/checkpoints, starting fresh")
     else:
         check_fresh_out(t.out_dir)
+    ensure_writable(t.out_dir)  # one line now, not a traceback after the model loads
     return resume
 
 
@@ -244,18 +247,24 @@ def train(config: Any, pm: Any) -> dict:
     """
     from .launch import check_fingerprints, init_distributed
 
+    import os
+
+    from .runlock import run_folder
+
     resume = precheck(config, pm)
     config = absolute_inputs(config)
     out = Path(config.training.out_dir)
-    rank, world = init_distributed(config.training.seed)
-    check_fingerprints(pm)
-    try:
-        return _train(config, pm, resume, out, rank, world)
-    finally:
-        import torch.distributed as dist
+    # rank 0 locks OUT for the run; every rank reports write failures under OUT in one line
+    with run_folder(out, int(os.environ.get("RANK", "0") or 0)):
+        rank, world = init_distributed(config.training.seed)
+        check_fingerprints(pm)
+        try:
+            return _train(config, pm, resume, out, rank, world)
+        finally:
+            import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, world: int) -> dict:
@@ -316,7 +325,8 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
 
     state = TrainState()
     if resume is not None:
-        saved = load_checkpoint(Path(resume), strategy, model, optimizer, scheduler)
+        saved = load_checkpoint(Path(resume), strategy, model, optimizer, scheduler,
+                                new_data=config.checkpointing.new_data)
         sampler.load_state_dict(saved["sampler"])
         state = TrainState(step=int(saved["step"]), micro_batches=int(saved["micro_batches"]),
                            tokens_seen=int(saved["tokens_seen"]), loss_tokens=int(saved.get("loss_tokens", 0)),
