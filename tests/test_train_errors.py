@@ -33,6 +33,18 @@ def _run(cpt_cli, env, tmp_path, *extra, data=None):
     return cpt_cli(*args)
 
 
+def _fake_checkpoint(ck, step: int):
+    """A checkpoint folder with every part present (contents are placeholders)."""
+    for rel in ("model", "optimizer", "rng"):
+        (ck / rel).mkdir(parents=True)
+    state = {"step": step, "world_size": 1, "micro_batches": step, "tokens_seen": 0,
+             "sampler": {"epoch": 0, "position": step}}
+    (ck / "trainer_state.json").write_text(json.dumps(state))
+    for rel in ("lr_scheduler.pt", "config.yaml", "rng/rank-0.json"):
+        (ck / rel).write_text("x")
+    return ck
+
+
 def _one_line(output: str) -> str:
     lines = [l for l in output.splitlines() if l.startswith("error: ")]
     assert len(lines) == 1, output
@@ -96,16 +108,11 @@ def test_corrupt_or_partial_checkpoint_on_resume(cpt_cli, env, tmp_path):
     partial.mkdir(parents=True)
     code, output = _run(cpt_cli, env, tmp_path, "--resume", str(partial))
     assert code == 1 and "incomplete checkpoint (no trainer_state.json" in _one_line(output)
-    broken = tmp_path / "out" / "checkpoints" / "step-2"
-    (broken / "model").mkdir(parents=True)
-    (broken / "trainer_state.json").write_text(json.dumps({"step": 2, "world_size": 1}))
-    for rel in ("optimizer", "rng"):
-        (broken / rel).mkdir()
-    for rel in ("lr_scheduler.pt", "config.yaml", "rng/rank-0.pt"):
-        (broken / rel).write_text("x")
+    broken = _fake_checkpoint(tmp_path / "out" / "checkpoints" / "step-2", 2)
     (broken / "model" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "pytorch_model-00001.bin"}}))
     code, output = _run(cpt_cli, env, tmp_path, "--resume", "auto")
-    assert code == 1 and "model/pytorch_model-00001.bin is missing" in _one_line(output)
+    line = _one_line(output)
+    assert code == 1 and "--resume auto: no intact checkpoint" in line and "model/pytorch_model-00001.bin is missing" in line
 
 
 def test_dry_run_flag_exists(cpt_cli, env, tmp_path):
@@ -114,12 +121,10 @@ def test_dry_run_flag_exists(cpt_cli, env, tmp_path):
 
 
 def test_resume_past_max_steps_is_one_line(cpt_cli, env, tmp_path):
-    ck = tmp_path / "old" / "checkpoints" / "step-5"
-    for rel in ("model", "optimizer", "rng"):
-        (ck / rel).mkdir(parents=True)
-    (ck / "trainer_state.json").write_text(json.dumps({"step": 5, "world_size": 1}))
-    for rel in ("lr_scheduler.pt", "config.yaml", "rng/rank-0.pt"):
-        (ck / rel).write_text("x")
+    from cptcore.train.integrity import write_checksums
+
+    ck = _fake_checkpoint(tmp_path / "old" / "checkpoints" / "step-5", 5)
+    write_checksums(ck)
     # was: resumed, ran 0 steps, re-exported step 5 as OUT/final with "final loss None"
     code, output = _run(cpt_cli, env, tmp_path, "--resume", str(ck))
     assert code == 1 and f"{ck} is at step 5, past training.max_steps=1" in _one_line(output)

@@ -323,6 +323,10 @@ def test_validate_checkpoint_partial_and_corrupt(tmp_path):
     with pytest.raises(CptError, match="corrupt trainer state"):
         validate_checkpoint(bad)
     (bad / "trainer_state.json").write_text('{"step": 2, "world_size": 1}')
+    with pytest.raises(CptError, match="corrupt trainer state .no 'micro_batches' entry"):
+        validate_checkpoint(bad)
+    (bad / "trainer_state.json").write_text(json.dumps({"step": 2, "world_size": 1, "micro_batches": 2, "tokens_seen": 9,
+                                                        "sampler": {"epoch": 0, "position": 2}}))
     with pytest.raises(CptError, match="missing model"):
         validate_checkpoint(bad)
 
@@ -428,8 +432,12 @@ def test_interrupted_save_leftovers_are_removed(tmp_path):
                 (d / sub).mkdir()
             (d / "lr_scheduler.pt").write_text("x")
 
+    from cptcore.train.runlock import acquire
+
     (tmp_path / "checkpoints" / "step-1.tmp").mkdir(parents=True)
-    path = save_checkpoint(tmp_path, 2, FakeStrategy(), None, None, None, {"sampler": {}}, RunConfig(), keep_last=2)
+    with acquire(tmp_path):  # cpt train holds the run lock: only then are .tmp folders ours to remove
+        path = save_checkpoint(tmp_path, 2, FakeStrategy(), None, None, None, {"sampler": {}}, RunConfig(), keep_last=2)
     assert list_checkpoints(tmp_path) == [path]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
+    assert (path / "checksums.sha256").is_file()
     assert json.loads((path / "trainer_state.json").read_text())["step"] == 2

@@ -124,7 +124,8 @@ def load_model(model_cfg: Any, log: Any = print) -> Any:
         ``transformers.PreTrainedModel`` with ``model.cpt_attn_implementation`` set.
 
     Raises:
-        ConfigError: bad path or dtype.
+        ConfigError: bad path or dtype. CptError: a weight index naming a file outside the
+            folder, or weights transformers cannot (or, being pickles with code, will not) load.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -145,6 +146,9 @@ def load_model(model_cfg: Any, log: Any = print) -> Any:
         if "trust_remote_code" in str(exc):
             raise ConfigError(f"{folder} needs custom code; set model.trust_remote_code=true if you trust it") from exc
         raise
+    except OSError as exc:  # transformers' wrapper for unreadable or refused (pickle) weight files
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CptError(f"{folder}: cannot load the model weights ({first})") from exc
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

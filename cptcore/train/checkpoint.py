@@ -59,15 +59,15 @@ def checkpoints_dir(out_dir: str | Path) -> Path:
 
 
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (``step-N`` folders with ``trainer_state.json`` and
-    ``checksums.sha256``), oldest first. Not verified: see :func:`validate_checkpoint`."""
+    """Complete checkpoints (``step-N`` folders with ``trainer_state.json``), oldest
+    first. Not verified: see :func:`validate_checkpoint`."""
     d = checkpoints_dir(out_dir)
     if not d.is_dir():
         return []
     found = []
     for p in d.iterdir():
         m = _STEP.match(p.name)
-        if m and p.is_dir() and (p / STATE).is_file() and (p / CHECKSUMS).is_file():
+        if m and p.is_dir() and (p / STATE).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
@@ -239,27 +239,14 @@ def save_checkpoint(
     ``out_dir`` (:mod:`.runlock`), so a save can never delete another run's save in
     progress. Returns the final folder.
 
+    The ranks agree after each phase (an all-gather of "did this rank fail, and why"),
+    so a write failure on one rank stops every rank with the same one-line error instead
+    of leaving the others in a barrier whose peer is gone.
+
     Raises:
-        CptError: the folder cannot be written (one line naming the path and the reason).
+        CptError: the folder cannot be written (one line naming the path and the reason),
+            on every rank.
     """
-    from .runlock import writable_error
-
-    final = checkpoints_dir(out_dir) / f"step-{step}"
-    tmp = final.with_name(final.name + ".tmp")
-    try:
-        return _save(out_dir, step, final, tmp, strategy, model, optimizer, scheduler, trainer_state, config,
-                     keep_last, hf_model)
-    except OSError as exc:
-        raise writable_error(exc, str(tmp)) from exc
-    except RuntimeError as exc:  # torch.save: "File ... cannot be opened", "Parent directory ... does not exist"
-        if str(tmp) not in str(exc):
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise CptError(f"cannot write checkpoint {tmp}: {first} (check the output folder's permissions and free space)") from exc
-
-
-def _save(out_dir: Any, step: int, final: Path, tmp: Path, strategy: Any, model: Any, optimizer: Any, scheduler: Any,
-          trainer_state: dict, config: Any, keep_last: int, hf_model: Any) -> Path:
     from ..config import write_resolved
     from .export import is_peft
     from .integrity import fsync_dir
@@ -267,19 +254,26 @@ def _save(out_dir: Any, step: int, final: Path, tmp: Path, strategy: Any, model:
     from .runlock import held
 
     rank, world = _rank_world()
-    if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "rng").mkdir(parents=True)
-    _barrier()
-    strategy.save(tmp, model, optimizer, scheduler)
-    (tmp / "rng" / f"rank-{rank}.json").write_text(json.dumps(rng_state()), encoding="utf-8")
-    if rank == 0:
-        write_resolved(config, tmp)
-        if hf_model is not None and is_peft(hf_model):
-            hf_model.save_pretrained(str(tmp / "adapter"))
-    _barrier()
-    if rank == 0:
+    final = checkpoints_dir(out_dir) / f"step-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+
+    def start() -> None:
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            (tmp / "rng").mkdir(parents=True)
+
+    def write() -> None:
+        strategy.save(tmp, model, optimizer, scheduler)
+        (tmp / "rng" / f"rank-{rank}.json").write_text(json.dumps(rng_state()), encoding="utf-8")
+        if rank == 0:
+            write_resolved(config, tmp)
+            if hf_model is not None and is_peft(hf_model):
+                hf_model.save_pretrained(str(tmp / "adapter"))
+
+    def complete() -> None:
+        if rank != 0:
+            return
         state = dict(trainer_state, step=step, world_size=world, **saved_fingerprint(config, strategy, world))
         (tmp / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         write_checksums(tmp)  # hashes and fsyncs every file, then the folders
@@ -291,8 +285,52 @@ def _save(out_dir: Any, step: int, final: Path, tmp: Path, strategy: Any, model:
             for stale in checkpoints_dir(out_dir).glob("step-*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
         prune(out_dir, keep_last)
-    _barrier()
+
+    for phase in (start, write, complete):
+        _agreed(phase, tmp, rank, world)
     return final
+
+
+def _as_write_error(exc: BaseException, tmp: Path) -> CptError | None:
+    from .runlock import writable_error
+
+    if isinstance(exc, CptError):
+        return exc
+    if isinstance(exc, OSError):
+        return writable_error(exc, str(tmp))
+    if isinstance(exc, RuntimeError) and str(tmp) in str(exc):  # torch.save: "File ... cannot be opened"
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return CptError(f"cannot write checkpoint {tmp}: {first} (check the output folder's permissions and free space)")
+    return None
+
+
+def _agreed(phase: Any, tmp: Path, rank: int, world: int) -> None:
+    """Run ``phase`` on this rank, then share success or the one-line failure with every
+    rank (replaces a barrier). A failure that is not a write error (a bug) re-raises with
+    its traceback on its rank; the other ranks stop with a one-line error naming it."""
+    error: BaseException | None = None
+    try:
+        phase()
+    except Exception as exc:  # noqa: BLE001 - shared with the other ranks below
+        error = exc
+    line = None
+    if error is not None:
+        known = _as_write_error(error, tmp)
+        line = str(known) if known is not None else f"rank {rank} failed while saving {tmp}: {type(error).__name__}: {error}"
+    lines = [line]
+    if world > 1:
+        import torch.distributed as dist
+
+        lines = [None] * world
+        dist.all_gather_object(lines, line)  # between this run's own ranks
+    if error is not None:
+        known = _as_write_error(error, tmp)
+        if known is None:
+            raise error
+        raise known from error
+    failed = [m for m in lines if m]
+    if failed:
+        raise CptError(failed[0])
 
 
 def prune(out_dir: str | Path, keep_last: int) -> list[Path]:
