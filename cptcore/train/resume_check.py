@@ -119,6 +119,11 @@ def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = No
                           f"checkpoint's layout ({want}), or export it (cpt export) and start a new run from the export")
     new_data = bool(getattr(config.checkpointing, "new_data", False))
     if new_data:
+        if os.environ.get("RANK", "0") in ("", "0"):
+            import sys
+
+            print(f"cpt train: checkpointing.new_data: resuming {resume} at step {state['step']} on this run's data, "
+                  "read from its beginning (the saved sampler position is not used)", file=sys.stderr, flush=True)
         return state
     sampler = state["sampler"]
     order = _diff(sampler, {"seed": config.training.seed, "micro_batch_size": config.training.micro_batch_size},
