@@ -545,3 +545,21 @@ def test_unwritable_out_mid_run_is_one_line(env, tmp_path, nproc):
     assert not any(l.startswith("[rank") for l in ranks), done.stderr[-3000:]
     if nproc == 1:
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_verification_is_skipped_only_for_an_unchanged_folder(env, tmp_path, monkeypatch):
+    """A folder verified by this process (or the launcher that started it) is not hashed
+    again; any change of a file's size or mtime makes it verify again."""
+    from cptcore.train import checkpoint
+
+    ckpt = _copy_run(env, tmp_path) / "checkpoints" / "step-4"
+    checkpoint.validate_checkpoint(ckpt)
+    calls = []
+    monkeypatch.setattr(checkpoint, "verify_checksums", lambda p: calls.append(p))
+    checkpoint.validate_checkpoint(ckpt)
+    assert calls == []
+    shard = ckpt / "model" / "pytorch_model-00001.bin"
+    _flip(shard)
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1_000_000))
+    checkpoint.validate_checkpoint(ckpt)
+    assert calls == [ckpt]

@@ -42,16 +42,21 @@ STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
 #: trainer-state entries resume needs, and their types
 STATE_KEYS = {"step": int, "micro_batches": int, "tokens_seen": int, "sampler": dict}
-_VERIFIED: set[tuple] = set()  # folders (with every file's size and mtime) verified in this process
+#: digests of folders (path, every file's size and mtime) verified by this process or the
+#: launcher that started it (inherited through the environment: the ranks of
+#: ``cpt train --nproc-per-node`` do not hash a checkpoint their launcher just verified)
+_VERIFIED_ENV = "CPT_VERIFIED_CHECKPOINTS"
 
 
-def _stat_key(folder: Path) -> tuple:
+def _stat_key(folder: Path) -> str:
+    import hashlib
+
     files = []
     for root, _, names in os.walk(folder):
         for name in names:
             st = os.stat(os.path.join(root, name))
             files.append((os.path.join(root, name), st.st_size, st.st_mtime_ns))
-    return (str(folder.resolve()), tuple(sorted(files)))
+    return hashlib.sha256(repr((str(folder.resolve()), sorted(files))).encode()).hexdigest()[:32]
 
 
 def checkpoints_dir(out_dir: str | Path) -> Path:
@@ -126,9 +131,10 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
                     raise CptError(f"{p}: incomplete checkpoint, {sub}/{f} is missing")
     if verify:
         key = _stat_key(p)
-        if key not in _VERIFIED:
+        done = os.environ.get(_VERIFIED_ENV, "").split(",")
+        if key not in done:
             verify_checksums(p)
-            _VERIFIED.add(key)
+            os.environ[_VERIFIED_ENV] = ",".join([k for k in done if k][-15:] + [key])
     if world_size is not None and int(state.get("world_size", 1)) != world_size:
         raise CptError(
             f"{p}: saved with {state.get('world_size')} processes, this run has {world_size}; resume with the same world size"

@@ -133,10 +133,12 @@ class Strategy:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Create the Booster (the process group must exist). Applies the ColossalAI CPU
-        compatibility patches first."""
-        from ..compat import colossalai_cpu
+        compatibility patches and the non-executing checkpoint loaders
+        (:mod:`cptcore.compat.safe_load`) first."""
+        from ..compat import colossalai_cpu, safe_load
 
         colossalai_cpu.apply()
+        safe_load.apply()  # checkpoint loaders: weights_only=True, index names inside their folder
         from colossalai.booster import Booster
 
         self.booster = Booster(plugin=self.plugin, mixed_precision=self.mixed_precision)
