@@ -97,7 +97,7 @@ def test_torchrun_two_ranks_ddp_matches_one_rank(env, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     state = json.loads((tmp_path / "two" / "checkpoints" / "step-3" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
-    assert (tmp_path / "two" / "checkpoints" / "step-3" / "rng" / "rank-1.pt").is_file()
+    assert (tmp_path / "two" / "checkpoints" / "step-3" / "rng" / "rank-1.json").is_file()
     w2, w1 = _final(tmp_path / "two"), _final(tmp_path / "one")
     # Adam's first steps amplify float-order differences of near-zero gradients (rare
     # embedding rows): measured max 1.2e-5 on 3e-7 of the embedding, 6e-7 elsewhere

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CptError
 
 LAYOUT_KEYS = ("world_size", "strategy", "dp", "tp", "pp", "sp")
 
@@ -110,7 +110,12 @@ def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = No
 
     world = world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
     state = validate_checkpoint(resume)
-    saved_layout = state.get("layout") or {"world_size": state.get("world_size", 1)}
+    saved_layout = dict(state.get("layout") or {"world_size": state.get("world_size", 1)})
+    if "strategy" in saved_layout:  # the live strategy may carry an alias ("3d" for hybrid3d)
+        try:
+            saved_layout["strategy"] = pm.registry("strategies").get(saved_layout["strategy"]).name
+        except CptError:
+            pass
     now = planned_layout(config, pm, world)
     diff = _diff(saved_layout, now, LAYOUT_KEYS)
     if diff:

@@ -91,6 +91,8 @@ def ensure_writable(out_dir: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if exc.filename == str(probe):
+            exc.filename = str(out)  # name the folder, not our probe file
         raise writable_error(exc, str(out)) from None
     return out
 
