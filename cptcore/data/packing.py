@@ -7,6 +7,10 @@ boundary and at the start of every row), plus how many of its tokens are padding
 Padding uses ``pad_id`` with label -100, and its positions restart at 0 (the pad span
 is its own "document", so it never attends to real tokens).
 
+Rows also carry ``nbytes`` (int32 ``[length]``, UTF-8 bytes per token, 0 for padding;
+see :mod:`cptcore.data.token_bytes`), sliced and concatenated with the tokens, from which
+the writer computes the ``label_bytes`` column; ``None`` when the documents had none.
+
 A packer (made by ``PackerSpec.make(max_length, pad_id, options)``) has ``add(doc) ->
 list[Row]`` and ``flush() -> list[Row]``; it holds a bounded buffer.
 
@@ -32,11 +36,13 @@ from .tokenize import IGNORE
 @dataclass
 class Doc:
     """A tokenized document: ``input_ids``/``labels`` int32 ``[n]``; ``source`` is the
-    index of the input it came from."""
+    index of the input it came from; ``nbytes`` int32 ``[n]`` the UTF-8 bytes of each
+    token (None: unknown)."""
 
     input_ids: np.ndarray
     labels: np.ndarray
     source: int = 0
+    nbytes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -45,12 +51,14 @@ class Doc:
 @dataclass
 class Row:
     """A packed row: ``input_ids``, ``labels``, ``position_ids`` int32 ``[length]``;
-    the last ``n_pad`` tokens are padding."""
+    the last ``n_pad`` tokens are padding; ``nbytes`` int32 ``[length]`` bytes per token
+    (None: unknown)."""
 
     input_ids: np.ndarray
     labels: np.ndarray
     position_ids: np.ndarray
     n_pad: int = 0
+    nbytes: np.ndarray | None = None
 
 
 @dataclass
@@ -84,10 +92,22 @@ def trainable(rows: Sequence[Row], dropped: Dropped) -> list[Row]:
     return kept
 
 
-def make_doc(input_ids: Sequence[int], labels: Sequence[int] | None = None, source: int = 0) -> Doc:
+def make_doc(input_ids: Sequence[int], labels: Sequence[int] | None = None, source: int = 0,
+             nbytes: Sequence[int] | None = None) -> Doc:
     ids = np.asarray(input_ids, dtype=np.int32)
     lab = ids.copy() if labels is None else np.asarray(labels, dtype=np.int32)
-    return Doc(ids, lab, source)
+    return Doc(ids, lab, source, None if nbytes is None else np.asarray(nbytes, dtype=np.int32))
+
+
+def _cat_bytes(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """Concatenated bytes per token, or None when any part is unknown."""
+    if any(p is None for p in parts):
+        return None
+    return np.concatenate(parts).astype(np.int32, copy=False) if parts else np.zeros(0, np.int32)
+
+
+def _slice_bytes(nbytes: np.ndarray | None, index) -> np.ndarray | None:
+    return None if nbytes is None else nbytes[index]
 
 
 def positions_from_starts(starts: np.ndarray) -> np.ndarray:
@@ -107,18 +127,22 @@ def build_row(docs: Sequence[Doc], length: int | None, pad_id: int) -> Row:
     ids = np.concatenate([d.input_ids for d in docs]) if docs else np.zeros(0, np.int32)
     lab = np.concatenate([d.labels for d in docs]) if docs else np.zeros(0, np.int32)
     pos = np.concatenate([np.arange(len(d), dtype=np.int32) for d in docs]) if docs else np.zeros(0, np.int32)
-    return pad_row(ids, lab, pos, length, pad_id)
+    return pad_row(ids, lab, pos, length, pad_id, _cat_bytes([d.nbytes for d in docs]))
 
 
-def pad_row(ids: np.ndarray, lab: np.ndarray, pos: np.ndarray, length: int | None, pad_id: int) -> Row:
-    """A :class:`Row` of ``ids``/``lab``/``pos`` padded to ``length`` (pad labels -100,
-    pad positions restarting at 0); no padding when ``length`` is None or reached."""
+def pad_row(ids: np.ndarray, lab: np.ndarray, pos: np.ndarray, length: int | None, pad_id: int,
+            nbytes: np.ndarray | None = None) -> Row:
+    """A :class:`Row` of ``ids``/``lab``/``pos`` (and bytes per token ``nbytes``) padded to
+    ``length`` (pad labels -100, pad positions restarting at 0, pad bytes 0); no padding
+    when ``length`` is None or reached."""
     n_pad = 0 if length is None else length - ids.shape[0]
     if n_pad > 0:
         ids = np.concatenate([ids, np.full(n_pad, pad_id, np.int32)])
         lab = np.concatenate([lab, np.full(n_pad, IGNORE, np.int32)])
         pos = np.concatenate([pos, np.arange(n_pad, dtype=np.int32)])
-    return Row(ids, lab, pos, max(n_pad, 0))
+        if nbytes is not None:
+            nbytes = np.concatenate([nbytes, np.zeros(n_pad, np.int32)])
+    return Row(ids, lab, pos, max(n_pad, 0), nbytes)
 
 
 #: Reasons a document with masked tokens is skipped before packing (always counted).
@@ -170,12 +194,14 @@ def fit_long(doc: Doc, max_length: int, policy: str, eos_id: int | None = None) 
     if policy == "truncate":
         if eos_id is not None and int(doc.input_ids[-1]) == eos_id:
             keep = np.r_[0:max_length - 1, n - 1]
-            pieces = [Doc(doc.input_ids[keep], doc.labels[keep], doc.source)]
+            pieces = [Doc(doc.input_ids[keep], doc.labels[keep], doc.source, _slice_bytes(doc.nbytes, keep))]
         else:
-            pieces = [Doc(doc.input_ids[:max_length], doc.labels[:max_length], doc.source)]
+            cut = slice(0, max_length)
+            pieces = [Doc(doc.input_ids[cut], doc.labels[cut], doc.source, _slice_bytes(doc.nbytes, cut))]
     else:
         pieces = [
-            Doc(doc.input_ids[i : i + max_length], doc.labels[i : i + max_length], doc.source)
+            Doc(doc.input_ids[i : i + max_length], doc.labels[i : i + max_length], doc.source,
+                _slice_bytes(doc.nbytes, slice(i, i + max_length)))
             for i in range(0, n, max_length)
         ]
     return [p for p in pieces if (p.labels != IGNORE).any()]
@@ -201,6 +227,7 @@ class SplicePacker:
         self._ids: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
+        self._nbytes: list[np.ndarray | None] = []
         self._n = 0
 
     def add(self, doc: Doc) -> list[Row]:
@@ -211,6 +238,7 @@ class SplicePacker:
         self._ids.append(doc.input_ids)
         self._labels.append(doc.labels)
         self._starts.append(starts)
+        self._nbytes.append(doc.nbytes)
         self._n += len(doc)
         if self._n < self.max_length:
             return []
@@ -220,19 +248,22 @@ class SplicePacker:
         ids = np.concatenate(self._ids)
         lab = np.concatenate(self._labels)
         starts = np.concatenate(self._starts)
+        nbytes = _cat_bytes(self._nbytes)
         L = self.max_length
         k = ids.shape[0] // L
         rows = []
         for r in range(k):
             s = slice(r * L, (r + 1) * L)
-            rows.append(Row(ids[s], lab[s], positions_from_starts(starts[s])))
+            rows.append(Row(ids[s], lab[s], positions_from_starts(starts[s]), 0, _slice_bytes(nbytes, s)))
         rest = slice(k * L, None)
         self._ids, self._labels, self._starts = [ids[rest]], [lab[rest]], [starts[rest]]
+        self._nbytes = [_slice_bytes(nbytes, rest)]
         self._n = ids.shape[0] - k * L
         if final and self._n:
             length = L if self.options.last == "pad" else None
-            rows.append(pad_row(ids[rest], lab[rest], positions_from_starts(starts[rest]), length, self.pad_id))
-            self._ids, self._labels, self._starts, self._n = [], [], [], 0
+            rows.append(pad_row(ids[rest], lab[rest], positions_from_starts(starts[rest]), length, self.pad_id,
+                                _slice_bytes(nbytes, rest)))
+            self._ids, self._labels, self._starts, self._nbytes, self._n = [], [], [], [], 0
         return trainable(rows, self.dropped)
 
     def flush(self) -> list[Row]:

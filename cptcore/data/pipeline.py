@@ -229,7 +229,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     executor = make_executor(pm, args.executor, args.num_proc, fn, fn_args, args.ray_address)
     progress = Progress(total_bytes, args.progress, f"prepare {args.kind}")
     try:
-        for i, (rec, reason, ids, labels, cut) in mixer:
+        for i, (rec, reason, ids, labels, cut, nbytes) in mixer:
             st = stats[i]
             st.read += 1
             st.bytes_read += rec.nbytes
@@ -246,7 +246,7 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
                 raise DataError(f"token id {bad} outside the vocabulary (size {vocab_size}): check the tokenize plugin", path=rec.path, line=rec.line or None)
             st.tokens_in += len(ids) + cut  # cut: turns an SFT conversation lost to max_length
             st.tokens_truncated += cut
-            doc = Doc(ids, labels, i)
+            doc = Doc(ids, labels, i, nbytes)
             unusable = None if labels is ids else masked_reason(labels, args.max_length)
             if unusable:
                 st.skipped[unusable] += 1
@@ -347,6 +347,9 @@ def _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_st
             "labels": rows_stats.label_tokens,
             "dropped": rows_stats.dropped_tokens,
         },
+        # UTF-8 bytes of the tokens that carry loss (sum of the label_bytes column; None
+        # when a tokenize/packer plugin gave no bytes): the divisor of bits per byte
+        "label_bytes": rows_stats.label_bytes,
         "packs": rows_stats.packs,
         "packs_without_labels": rows_stats.without_labels,  # must be 0: cpt train refuses the folder otherwise
         "packs_dropped": rows_stats.dropped_rows,  # rows left out for having no label token

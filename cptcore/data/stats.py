@@ -83,9 +83,17 @@ class RowStats:
     without_labels: int = 0
     dropped_rows: int = 0
     dropped_tokens: int = 0
+    label_bytes: int | None = 0  # None once a row without bytes per token was seen
 
     def add(self, rows: Sequence[Any]) -> None:
+        from .token_bytes import row_label_bytes
+
         for r in rows:
+            nb = getattr(r, "nbytes", None)
+            if nb is None or self.label_bytes is None:
+                self.label_bytes = None
+            else:
+                self.label_bytes += row_label_bytes(r.labels, nb)
             n = int(r.input_ids.shape[0])
             labels = int((r.labels != -100).sum())
             self.packs += 1

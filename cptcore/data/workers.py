@@ -29,6 +29,7 @@ class ChunkResult:
     labels: np.ndarray | None
     starts: np.ndarray
     cut: list | None = None  # per record: tokens left out by SFT turn cutting (None: 0)
+    nbytes: np.ndarray | None = None  # int32, UTF-8 bytes per token (cptcore.data.token_bytes)
 
 
 def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -42,19 +43,22 @@ def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 def pretrain_chunk(tokenize_fn: Callable, tokenizer_path: str, add_bos, add_eos, items: list) -> ChunkResult:
     """``items``: ``(kind, payload)`` with kind ``"text"`` (payload str), ``"pair"``
     (payload ``(source, target)``) or ``"error"`` (payload the reason)."""
+    from .token_bytes import byte_table_for, token_bytes
     from .tokenize import encode_source_target
 
+    table = byte_table_for(tokenizer_path)
     texts = [p for k, p in items if k == "text"]
     pairs = [p for k, p in items if k == "pair"]
     text_ids = iter(tokenize_fn(texts) if texts else [])
     pair_out = iter(encode_source_target(tokenizer_path, add_bos, add_eos, pairs) if pairs else [])
-    ids_list, lab_list, reasons = [], [], []
+    ids_list, lab_list, reasons, nb_list = [], [], [], []
     any_pair = bool(pairs)
     for kind, payload in items:
         if kind == "error":
             reasons.append(payload)
             ids_list.append(())
             lab_list.append(())
+            nb_list.append(())
         elif kind == "text":
             x = next(text_ids)
             if not len(x):
@@ -63,23 +67,27 @@ def pretrain_chunk(tokenize_fn: Callable, tokenizer_path: str, add_bos, add_eos,
                 reasons.append(None)
             ids_list.append(x)
             lab_list.append(x)
+            nb_list.append(token_bytes(table, x, payload))
         else:
             x, lab = next(pair_out)
             reasons.append(None)
             ids_list.append(x)
             lab_list.append(lab)
+            nb_list.append(token_bytes(table, x, payload[0] + payload[1]))
     ids, starts = _flatten(ids_list)
     labels = _flatten(lab_list)[0] if any_pair else None
-    return ChunkResult(reasons, ids, labels, starts)
+    return ChunkResult(reasons, ids, labels, starts, nbytes=_flatten(nb_list)[0])
 
 
 def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int, items: list) -> ChunkResult:
     """``items``: ``("obj", row)`` or ``("error", reason)``; renders and tokenizes each
     conversation (:func:`cptcore.data.sft.encode_conversation`)."""
     from .sft import SkipSample, encode_conversation_counted, normalise
+    from .token_bytes import byte_table_for, lookup
     from .tokenize import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path)
+    table = byte_table_for(tokenizer_path)
     ids_list, lab_list, reasons, cut = [], [], [], []
     for kind, payload in items:
         cut.append(0)
@@ -99,7 +107,8 @@ def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int,
         ids_list.append(ids)
         lab_list.append(labels)
     ids, starts = _flatten(ids_list)
-    return ChunkResult(reasons, ids, _flatten(lab_list)[0], starts, cut)
+    nbytes = lookup(table, ids)  # rule 1 only
+    return ChunkResult(reasons, ids, _flatten(lab_list)[0], starts, cut, nbytes)
 
 
 _JOB: tuple | None = None  # (fn, args) of the running preparation, inherited by forked workers
@@ -176,9 +185,10 @@ class _Future:
 class ChunkStream:
     """Records of one input, tokenized in chunks with a bounded look-ahead.
 
-    Iterating yields ``(record, reason, ids, labels, cut)`` in file order; ``reason`` is
-    None for usable records (``ids``/``labels`` int32 arrays), else the skip reason;
-    ``cut`` counts tokens left out of the record (SFT turn cutting), else 0.
+    Iterating yields ``(record, reason, ids, labels, cut, nbytes)`` in file order;
+    ``reason`` is None for usable records (``ids``/``labels`` int32 arrays), else the skip
+    reason; ``cut`` counts tokens left out of the record (SFT turn cutting), else 0;
+    ``nbytes`` int32 bytes per token (None when the chunk function gave none).
     """
 
     def __init__(
@@ -224,4 +234,5 @@ class ChunkStream:
                 a, b = int(res.starts[i]), int(res.starts[i + 1])
                 ids = res.ids[a:b]
                 labels = ids if res.labels is None else res.labels[a:b]
-                yield rec, res.reasons[i], ids, labels, (res.cut[i] if res.cut else 0)
+                nbytes = None if res.nbytes is None else res.nbytes[a:b]
+                yield rec, res.reasons[i], ids, labels, (res.cut[i] if res.cut else 0), nbytes

@@ -17,13 +17,27 @@ from typing import Sequence
 import numpy as np
 
 COLUMNS = ("input_ids", "labels", "position_ids")
+#: int64 per row: UTF-8 bytes of the tokens that carry loss (-1: unknown), see
+#: :mod:`cptcore.data.token_bytes`
+LABEL_BYTES = "label_bytes"
 
 
 def features():
-    """``datasets.Features``: three int32 list columns."""
+    """``datasets.Features``: three int32 list columns and the int64 ``label_bytes``."""
     from datasets import Features, Sequence as Seq, Value
 
-    return Features({c: Seq(Value("int32")) for c in COLUMNS})
+    feats = {c: Seq(Value("int32")) for c in COLUMNS}
+    feats[LABEL_BYTES] = Value("int64")
+    return Features(feats)
+
+
+def label_bytes_of(row) -> int:
+    """The ``label_bytes`` value of a :class:`~cptcore.data.packing.Row` (-1 when the row
+    has no bytes per token)."""
+    from .token_bytes import row_label_bytes
+
+    nb = getattr(row, "nbytes", None)
+    return -1 if nb is None else row_label_bytes(row.labels, nb)
 
 
 class ShardWriter:
@@ -57,6 +71,7 @@ class ShardWriter:
         for name in COLUMNS:
             values = np.concatenate([getattr(r, name) for r in self._buf]).astype(np.int32, copy=False)
             cols[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+        cols[LABEL_BYTES] = pa.array(np.fromiter((label_bytes_of(r) for r in self._buf), dtype=np.int64, count=len(self._buf)))
         # Fingerprint: row lengths and every row's first 16 ids (cheap; deterministic).
         self._hash.update(lengths.tobytes())
         self._hash.update(b"".join(r.input_ids[:16].tobytes() for r in self._buf))
