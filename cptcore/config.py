@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
+from .eval.sets import check_budget, named_sets
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,14 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     train: list[str] = field(default_factory=list)  # prepared folders, "PATH[:WEIGHT]"
-    eval: list[str] = field(default_factory=list)  # prepared folders for held-out eval
+    # named held-out prepared folders {NAME: PATH}; a list of "NAME=PATH" or "PATH" (named
+    # after its folder) is accepted and normalised (cptcore.eval.sets.named_sets)
+    eval: dict[str, str] | list[str] = field(default_factory=dict)
     shuffle: bool = True
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eval", named_sets(self.eval, "data.eval"))
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,13 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    # NAME -> largest allowed bpb increase over step 0 on that retained set (bits/byte)
+    budget: dict[str, float] = field(default_factory=dict)
+    on_budget: str = "warn"  # warn | stop | keep_best (checked against data.eval on load)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -122,6 +135,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -386,7 +400,9 @@ def load_config(
         key, value = parse_set(item)
         apply({key: value}, f"--set {item}")
     cfg = _build(RunConfig, tree, "", sources)
-    return dataclasses.replace(cfg, sources=sources)
+    cfg = dataclasses.replace(cfg, sources=sources)
+    budget = check_budget(cfg.eval.budget, cfg.eval.on_budget, cfg.data.eval, lambda key: _source_of(key, sources))
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, budget=budget))
 
 
 def parse_options(cls: type | None, values: Mapping[str, Any], *, owner: str, config: RunConfig | None = None, section: str = "") -> Any:

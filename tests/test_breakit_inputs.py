@@ -292,7 +292,7 @@ def test_run_config_records_absolute_input_paths(tmp_path, monkeypatch):
     got = absolute_inputs(cfg)
     assert (got.model.path, got.model.tokenizer) == (f"{tmp_path}/m", f"{tmp_path}/t")
     assert got.data.train == [f"{tmp_path}/a:0.5", f"{tmp_path}/with:colon", f"{tmp_path}/b"]
-    assert got.data.eval == ["/abs/e"] and got.training.out_dir == "runs/x"
+    assert got.data.eval == {"e": "/abs/e"} and got.training.out_dir == "runs/x"
     assert got.source("model.path") == "command line"
 
 

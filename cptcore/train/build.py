@@ -124,7 +124,7 @@ def build_data(config: Any, tokenizer: Any, dp_size: int, dp_rank: int) -> tuple
         raise ConfigError("no training data (use --data PATH[:WEIGHT] or data.train in the config)")
     sources = [parse_source(s) for s in config.data.train]
     manifests = check_sources(sources, tokenizer)
-    for src in [parse_source(s) for s in config.data.eval]:
+    for src in [parse_source(s) for s in config.data.eval.values()]:
         check_sources([src], tokenizer)
     datasets = [open_dataset(s.path) for s in sources]
     data = MixedDataset(datasets, [s.weight for s in sources])

@@ -63,7 +63,7 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     check_model_path(config.model.path)
     if not config.data.train:
         raise ConfigError("no training data (use --data PATH[:WEIGHT] or data.train in the config)")
-    for spec in [*config.data.train, *config.data.eval]:
+    for spec in [*config.data.train, *config.data.eval.values()]:
         src = parse_source(spec)
         if not src.path.exists():
             from ..errors import DataError
@@ -95,7 +95,7 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     from ..model.load import load_tokenizer
     from .data import check_sources
 
-    sources = [parse_source(s) for s in [*config.data.train, *config.data.eval]]
+    sources = [parse_source(s) for s in [*config.data.train, *config.data.eval.values()]]
     from ..data.manifest import check_labelled
 
     for src, manifest in zip(sources, check_sources(sources, load_tokenizer(config.model))):
@@ -177,36 +177,53 @@ def _mask_dtype(strategy: Any, model: Any) -> Any:
 
 
 def evaluate(strategy: Any, model: Any, hf_model: Any, config: Any, pad_id: int | None, block: bool, mask_dtype: Any) -> dict:
-    """Token-weighted loss over the held-out folders (all ranks), and its perplexity.
+    """Every named eval set (``data.eval``) through
+    :func:`cptcore.eval.prepared.evaluate_prepared` (all ranks), plus the pooled figures.
 
     Returns:
-        ``{"eval_loss": nats/token, "eval_perplexity": exp(eval_loss), "eval_tokens": N}``
-        or ``{}`` when no eval data is configured.
+        Per set ``NAME``: ``eval/NAME/loss`` (nats/token), ``eval/NAME/perplexity``,
+        ``eval/NAME/bpb`` (bits per UTF-8 byte; absent for folders prepared without
+        ``label_bytes``), ``eval/NAME/tokens``; pooled over all sets (token-weighted, as
+        before named sets): ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and
+        ``eval_bpb`` (when every set has bytes). ``{}`` when no eval data is configured.
+        ``training.eval_batches`` caps the micro-batches per set.
     """
-    import torch
-
-    from .data import eval_batches, parse_source
-    from .strategy import count_label_tokens, token_loss_sum
+    from ..eval.bpb import result
+    from ..eval.prepared import evaluate_prepared
+    from .data import parse_source
 
     if not config.data.eval:
         return {}
-    folders = [parse_source(s).path for s in config.data.eval]
+
+    def forward(m: Any, batch: dict) -> Any:
+        hf_model.cpt_real_lengths = batch["lengths"]
+        return strategy.forward(m, batch)
+
+    def reduce(values: Any) -> list[float]:
+        return _all_reduce_sum(list(values), strategy.device, strategy.dp_group)
+
     model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in eval_batches(folders, config.training.micro_batch_size, strategy.dp_size, strategy.dp_rank,
-                                  pad_id, block_mask=block, limit=config.training.eval_batches, mask_dtype=mask_dtype):
-            batch = {k: v.to(strategy.device) for k, v in batch.items()}
-            hf_model.cpt_real_lengths = batch["lengths"]
-            logits = strategy.forward(model, batch)
-            total += float(token_loss_sum(logits, batch["labels"]))
-            count += count_label_tokens(batch["labels"])
-    total, count = _all_reduce_sum([total, float(count)], strategy.device, strategy.dp_group)
-    model.train()
-    if count == 0:
-        raise CptError("evaluation data has no label tokens")
-    loss = total / count
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(count)}
+    out: dict = {}
+    nll, tokens, nbytes = 0.0, 0, 0
+    try:
+        for name, spec in config.data.eval.items():
+            try:
+                r = evaluate_prepared(model, parse_source(spec).path, micro_batch_size=config.training.micro_batch_size,
+                                      pad_id=pad_id, block_mask=block, mask_dtype=mask_dtype,
+                                      limit=config.training.eval_batches, device=strategy.device, forward=forward,
+                                      dp_size=strategy.dp_size, dp_rank=strategy.dp_rank, reduce=reduce)
+            except ValueError as exc:
+                raise CptError(f"eval set '{name}' ({spec}): {exc}") from None
+            out.update({f"eval/{name}/{k}": v for k, v in r.metrics().items()})
+            nll, tokens = nll + r.nll, tokens + r.tokens
+            nbytes = None if (nbytes is None or r.bytes is None) else nbytes + r.bytes
+    finally:
+        model.train()
+    pooled = result(nll, tokens, nbytes)
+    out.update({"eval_loss": pooled.loss, "eval_perplexity": pooled.perplexity, "eval_tokens": pooled.tokens})
+    if pooled.bpb is not None:
+        out["eval_bpb"] = pooled.bpb
+    return out
 
 
 def absolute_inputs(config: Any) -> Any:
@@ -234,7 +251,8 @@ def absolute_inputs(config: Any) -> Any:
         path=os.path.abspath(model.path) if model.path else model.path,
         tokenizer=os.path.abspath(model.tokenizer) if model.tokenizer else model.tokenizer,
     )
-    data = dataclasses.replace(config.data, train=[spec(v) for v in config.data.train], eval=[spec(v) for v in config.data.eval])
+    data = dataclasses.replace(config.data, train=[spec(v) for v in config.data.train],
+                               eval={name: spec(v) for name, v in config.data.eval.items()})
     return dataclasses.replace(config, model=model, data=data)
 
 
@@ -342,6 +360,9 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         # with an old metrics.jsonl through --resume auto finding no checkpoint): drop all
         truncate_jsonl(out / "logs" / "metrics.jsonl", state.step if resume is not None else 0)
         loggers = make_loggers(pm, config.logging.loggers, out / "logs", config)
+    if config.eval.budget:  # parsed and validated now; acting on it comes with the Trainer (issue 13)
+        _log(f"eval.budget {config.eval.budget} (on_budget {config.eval.on_budget}) is not acted on by this "
+             "training loop yet: compare eval/NAME/bpb with step 0 in cpt report")
     progress = Progress(t.max_steps, state.step, config.logging.progress and rank == 0)
     loader = Loader(data, sampler, pad_id, block_mask=block, mask_dtype=mask_dtype)
     start_time = time.time()
@@ -432,6 +453,9 @@ def _train(config: Any, pm: Any, resume: Path | None, out: Path, rank: int, worl
         "final_loss": metrics.get("loss"),
         "final_eval_loss": eval_metrics.get("eval_loss"),
         "final_eval_perplexity": eval_metrics.get("eval_perplexity"),
+        "final_eval_bpb": eval_metrics.get("eval_bpb"),
+        "final_eval": {name: {k: eval_metrics[f"eval/{name}/{k}"] for k in ("loss", "perplexity", "bpb", "tokens")
+                              if f"eval/{name}/{k}" in eval_metrics} for name in config.data.eval},
         "world_size": world, "strategy": strategy.name, "final_dir": str(final_dir),
     }
     if step_time > 0:  # training steps only

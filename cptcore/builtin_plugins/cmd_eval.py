@@ -1,0 +1,12 @@
+"""Built-in plugin: the ``cpt eval`` command (code in :mod:`cptcore.cli.eval`)."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def cpt_register_commands(app, pm):
+    from ..cli.eval import register
+
+    register(app)
