@@ -10,6 +10,12 @@ A training run writes one JSON object per line to ``RUN_DIR/logs/metrics.jsonl``
 * ``RUN_DIR/report/summary.md``: tokens trained, tokens/s, first/last training loss,
   eval perplexity first → last, peak memory and wall time.
 
+With named eval sets (``eval/NAME/bpb`` keys), it also writes the forgetting ledger
+(:mod:`cptcore.eval.ledger`): ``eval_sets.png`` (bpb per set against tokens seen,
+baseline dashed), ``tradeoff.png`` (domain gain against retained change, budget shaded)
+and a per-set table in ``summary.md``. :func:`write_comparison` puts several runs side
+by side.
+
 Perplexity is ``exp(eval_loss)`` (mean token-level cross-entropy in nats); when a record
 has ``eval_loss`` but no ``eval_perplexity`` it is computed that way.
 """
@@ -75,6 +81,9 @@ class Report:
     curves_png: Path
     summary_md: Path
     summary: RunSummary
+    eval_png: Path | None = None  # per-set bpb curves (named eval sets only)
+    tradeoff_png: Path | None = None  # domain gain vs retained change
+    ledger: Any = None  # cptcore.eval.ledger.Ledger or None
 
 
 def _number(value: Any) -> bool:
@@ -305,6 +314,68 @@ def write_report(run_dir: str | Path, *, baseline_perplexity: float | None = Non
     png = plot_curves(
         records, out / "curves.png", title=f"cptcore run: {run}", baseline_perplexity=baseline_perplexity
     )
+    ledger, eval_png, trade_png = run_ledger(run), None, None
+    text = summary_markdown(summary, run)
+    if ledger is not None:
+        from .eval.ledger import ledger_markdown
+        from .eval.ledger_plots import plot_sets, plot_tradeoff
+
+        eval_png = plot_sets([ledger], out / "eval_sets.png")
+        trade_png = plot_tradeoff([ledger], out / "tradeoff.png")
+        text += "\n" + ledger_markdown([ledger]) + "\n![bpb per eval set](eval_sets.png)\n"
+        if trade_png is not None:
+            text += "\n![domain gain against retained change](tradeoff.png)\n"
     md = out / "summary.md"
-    md.write_text(summary_markdown(summary, run), encoding="utf-8")
-    return Report(curves_png=png, summary_md=md, summary=summary)
+    md.write_text(text, encoding="utf-8")
+    return Report(curves_png=png, summary_md=md, summary=summary, eval_png=eval_png, tradeoff_png=trade_png, ledger=ledger)
+
+
+def run_ledger(run_dir: str | Path) -> Any:
+    """The forgetting ledger of a run folder (:func:`cptcore.eval.ledger.build_ledger`
+    with the budgets of its ``config.yaml``), or None without named eval sets.
+
+    Raises:
+        DataError: missing or malformed metrics file.
+    """
+    from .eval.ledger import build_ledger, read_budget
+
+    run = Path(run_dir)
+    budget, on_budget = read_budget(run)
+    return build_ledger(read_metrics(run / METRICS_RELPATH), budget, on_budget, run=run.name or str(run))
+
+
+def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Several runs side by side in ``out_dir``: ``compare.md`` (the runs' figures in one
+    table and one per-set ledger table), ``compare_eval_sets.png`` and
+    ``compare_tradeoff.png`` (when the runs have named eval sets). Returns the Markdown path.
+
+    Raises:
+        DataError: a run folder or its metrics file is missing or malformed.
+    """
+    from .eval.ledger import ledger_markdown
+    from .eval.ledger_plots import plot_sets, plot_tradeoff
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [Path(r) for r in run_dirs]
+    for r in runs:
+        if not r.is_dir():
+            raise DataError("run folder not found", path=str(r))
+    sums = [summarize(read_metrics(r / METRICS_RELPATH)) for r in runs]
+    head = "| | " + " | ".join(f"`{r.name}`" for r in runs) + " |"
+    lines = ["# Runs compared", "", head, "|---|" + "---|" * len(runs)]
+    for label, get in (("Optimizer steps", lambda s: str(s.steps)),
+                       ("Tokens trained", lambda s: "n/a" if s.tokens_trained is None else f"{s.tokens_trained:,}"),
+                       ("Training loss first → last", lambda s: f"{_fmt(s.first_loss)} → {_fmt(s.last_loss)}"),
+                       ("Throughput (median)", lambda s: _fmt(s.tokens_per_second, ",.1f", " tokens/s"))):
+        lines.append(f"| {label} | " + " | ".join(get(s) for s in sums) + " |")
+    lines.append("")
+    ledgers = [lg for lg in (run_ledger(r) for r in runs) if lg is not None]
+    if ledgers:
+        lines += [ledger_markdown(ledgers), "![bpb per eval set](compare_eval_sets.png)", ""]
+        plot_sets(ledgers, out / "compare_eval_sets.png")
+        if plot_tradeoff(ledgers, out / "compare_tradeoff.png") is not None:
+            lines += ["![domain gain against retained change](compare_tradeoff.png)", ""]
+    md = out / "compare.md"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    return md

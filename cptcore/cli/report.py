@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A training run folder (the --out of cpt train), holding logs/metrics.jsonl."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write curves.png and summary.md (default: RUN_DIR/report)."),
+    run_dirs: List[Path] = typer.Argument(..., help="Training run folder(s) (the --out of cpt train), holding logs/metrics.jsonl."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default: RUN_DIR/report; several runs: the comparison goes to FIRST_RUN/report)."),
     baseline_perplexity: Optional[float] = typer.Option(
         None, "--baseline-perplexity", help="Held-out perplexity measured before training, shown as 'before'."
     ),
 ) -> None:
-    """Write a run's curves (PNG) and a Markdown summary under RUN_DIR/report.
+    """Write a run's curves (PNG) and a Markdown summary under RUN_DIR/report; with
+    several runs, also a side-by-side comparison.
 
     Plots training/eval loss, learning rate and eval perplexity against the step, and
     summarises tokens trained, tokens/s, loss and perplexity first → last, wall time.
+    With named eval sets: bpb per set against tokens seen (baseline dashed), domain gain
+    against retained change (budget shaded) and the per-set ledger table.
     """
     from rich.console import Console
 
-    from ..report import write_report
+    from ..report import write_comparison, write_report
 
-    report = write_report(run_dir, baseline_perplexity=baseline_perplexity, out_dir=out)
     console = Console()
-    console.print(report.summary_md.read_text(encoding="utf-8").split("\n![")[0], markup=False, highlight=False)
-    console.print(f"wrote {report.curves_png}")
-    console.print(f"wrote {report.summary_md}")
+    single = len(run_dirs) == 1
+    for run_dir in run_dirs:
+        report = write_report(run_dir, baseline_perplexity=baseline_perplexity, out_dir=out if single else None)
+        if single:
+            console.print(_text(report.summary_md), markup=False, highlight=False)
+        for path in (report.curves_png, report.eval_png, report.tradeoff_png, report.summary_md):
+            if path is not None:
+                console.print(f"wrote {path}")
+    if not single:
+        md = write_comparison(run_dirs, out or Path(run_dirs[0]) / "report")
+        console.print(_text(md), markup=False, highlight=False)
+        console.print(f"wrote {md}")
+
+
+def _text(md: Path) -> str:
+    """The Markdown without its image lines (for the terminal)."""
+    return "\n".join(line for line in md.read_text(encoding="utf-8").splitlines() if not line.startswith("!["))
 
 
 def register(app: typer.Typer) -> None:
