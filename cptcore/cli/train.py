@@ -40,7 +40,7 @@ def register(app: typer.Typer, pm: Any) -> None:
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: section.key=value (repeatable)."),
         model: Optional[str] = typer.Option(None, "--model", help="Hugging Face folder or .gguf file."),
         data: Optional[List[str]] = typer.Option(None, "--data", help="Prepared folder PATH[:WEIGHT] (repeatable)."),
-        eval_data: Optional[List[str]] = typer.Option(None, "--eval-data", help="Prepared held-out folder (repeatable)."),
+        eval_data: Optional[List[str]] = typer.Option(None, "--eval-data", help="Named held-out prepared folder NAME=PATH, or PATH (named after its folder); repeatable."),
         out: Optional[str] = typer.Option(None, "--out", help="Output folder (OUT)."),
         strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy name (cpt strategies)."),
         noise: Optional[str] = typer.Option(None, "--noise", help="Embedding noise name (cpt noise), e.g. neftune."),
