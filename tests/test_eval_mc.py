@@ -91,7 +91,8 @@ def test_letter_score_follows_a_model_forced_to_answer_b(tiny):
     items = read_items(MC / "mmlu_sample_test.jsonl")
     b = tok(" B", add_special_tokens=False)["input_ids"]
     assert len(b) == 1
-    r = evaluate_mc(Biased(model, b), tok, items, read_items(MC / "mmlu_sample_dev.jsonl"), k_shot=1)
+    r = evaluate_mc(Biased(model, b), tok, items, read_items(MC / "mmlu_sample_dev.jsonl"), k_shot=1, loglik=False)
+    assert set(r.accuracy) == {"letter"}
     assert r.predictions["letter"] == [1] * 40
     assert r.accuracy["letter"] == sum(i.answer == 1 for i in items) / 40 == 12 / 40
     for subject, acc in r.by_subject.items():

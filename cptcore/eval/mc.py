@@ -181,7 +181,7 @@ def _continuation_ids(tok: Any, prompt_ids: list[int], prompt: str, cont: str) -
 
 
 def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[Item], dev: Sequence[Item] = (), k_shot: int = 0,
-                device: Any = None) -> McResult:
+                device: Any = None, loglik: bool = True) -> McResult:
     """Accuracy of ``model`` on ``items`` by the ``letter`` and ``loglik`` scores.
 
     Args:
@@ -190,9 +190,12 @@ def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[Item], dev: Sequence
             one by itself.
         items, dev: questions and k-shot examples (:func:`read_items`).
         k_shot: examples per prompt.
+        loglik: also the ``loglik`` scores (one forward per choice); False: ``letter``
+            only (one forward per item).
 
     Returns:
-        :class:`McResult` (``predictions``: chosen index per item and method).
+        :class:`McResult` (``predictions``: chosen index per item and method; the
+        methods computed).
     """
     import torch
 
@@ -200,7 +203,8 @@ def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[Item], dev: Sequence
 
     device = device or next(model.parameters()).device
     bos = [tokenizer.bos_token_id] if tokenizer_adds(tokenizer)[0] else []
-    preds: dict[str, list[int]] = {m: [] for m in METHODS}
+    methods = METHODS if loglik else ("letter",)
+    preds: dict[str, list[int]] = {m: [] for m in methods}
 
     def logprobs(ids: list[int]) -> Any:
         with torch.no_grad():
@@ -214,6 +218,8 @@ def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[Item], dev: Sequence
         lp = logprobs(ctx)
         letter_ids = [_continuation_ids(tokenizer, p_ids, prompt, f" {LETTERS[i]}")[0] for i in range(len(item.choices))]
         preds["letter"].append(int(torch.argmax(lp[-1, letter_ids])))
+        if not loglik:
+            continue
         scores, norm = [], []
         for c in item.choices:
             cont = _continuation_ids(tokenizer, p_ids, prompt, " " + c)
@@ -224,10 +230,10 @@ def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[Item], dev: Sequence
             norm.append(s / max(1, len((" " + c).encode("utf-8"))))
         preds["loglik"].append(max(range(len(scores)), key=scores.__getitem__))
         preds["loglik_norm"].append(max(range(len(norm)), key=norm.__getitem__))
-    accuracy = {m: sum(p == it.answer for p, it in zip(preds[m], items)) / len(items) for m in METHODS}
+    accuracy = {m: sum(p == it.answer for p, it in zip(preds[m], items)) / len(items) for m in methods}
     groups: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         groups[it.subject or "-"].append(i)
-    by_subject = {s: {m: sum(preds[m][i] == items[i].answer for i in idx) / len(idx) for m in METHODS}
+    by_subject = {s: {m: sum(preds[m][i] == items[i].answer for i in idx) / len(idx) for m in methods}
                   for s, idx in sorted(groups.items())}
     return McResult(len(items), accuracy, by_subject, preds, k_shot)

@@ -126,6 +126,7 @@ def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[A
     Raises:
         ConfigError: bad ``max_length``/``stride``; ValueError: nothing to score.
     """
+    import numpy as np
     import torch
 
     from ..train.strategy import token_loss_sum
@@ -135,8 +136,8 @@ def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[A
     items.sort(key=lambda w: w.end - w.begin)
     device = device or next(model.parameters()).device
     nll, tokens, total_bytes = 0.0, 0, 0
-    for d, nb in enumerate(nbytes):
-        total_bytes += int(sum(int(b) for b in list(nb)[1:]))
+    for nb in nbytes:
+        total_bytes += int(np.asarray(nb, dtype=np.int64)[1:].sum())
     with torch.no_grad():
         for batch in _batches(items, batch_tokens, 64):
             S = max(w.end - w.begin for w in batch)
