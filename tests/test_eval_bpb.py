@@ -163,3 +163,10 @@ def test_train_logs_each_named_set(env, tmp_path):
         last["eval/poetry/tokens"] + last["eval/docs/tokens"])
     assert last["eval_loss"] == pytest.approx(pooled, rel=1e-9) and last["eval_tokens"] == 4 * 126
     assert summary["final_eval"]["docs"]["bpb"] == last["eval/docs/bpb"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(out / "logs" / "tensorboard"))
+    tb.Reload()
+    tags = set(tb.Tags()["scalars"])
+    assert {"eval/poetry/bpb", "eval/docs/bpb", "eval/eval_loss", "train/loss"} <= tags
+    assert tb.Scalars("eval/docs/bpb")[-1].value == pytest.approx(last["eval/docs/bpb"], rel=1e-6)

@@ -32,7 +32,8 @@ class JsonlLogger:
 
 
 class TensorBoardLogger:
-    """Scalars under ``log_dir/tensorboard`` with tags ``train/<key>`` and ``eval/<key>``."""
+    """Scalars under ``log_dir/tensorboard`` with tags ``train/<key>`` and ``eval/<key>``
+    (a named set's ``eval/NAME/bpb`` keeps its key as the tag)."""
 
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -42,7 +43,10 @@ class TensorBoardLogger:
     def log(self, metrics, step):
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                tag = f"eval/{key}" if key.startswith("eval_") else f"train/{key}"
+                if key.startswith("eval/"):
+                    tag = key  # a named eval set: eval/NAME/bpb
+                else:
+                    tag = f"eval/{key}" if key.startswith("eval_") else f"train/{key}"
                 self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
