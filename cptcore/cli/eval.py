@@ -25,7 +25,7 @@ def _named(values: List[str] | None, flag: str) -> dict[str, str]:
 
 
 def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_dev: dict[str, str], k_shot: int,
-             max_length: int, stride: int | None, batch_tokens: int, dtype: str, text_field: str = "text",
+             max_length: int, stride: int | None, batch_tokens: int | None, dtype: str, text_field: str = "text",
              log: Any = None) -> dict:
     """Evaluate every model on every set; returns the JSON-able result (schema in docs/eval.md).
 
@@ -48,6 +48,7 @@ def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_d
             raise ConfigError(f"--mc-dev {name}: no --mc set named '{name}' (--mc sets: {', '.join(mcs) or 'none'})")
     if k_shot < 0:
         raise ConfigError(f"--k-shot must be >= 0, got {k_shot}")
+    batch_tokens = max_length if batch_tokens is None else batch_tokens
     if batch_tokens < max_length:
         raise ConfigError(f"--batch-tokens ({batch_tokens}) must be at least --max-length ({max_length})")
     stride = max_length // 2 if stride is None else stride
@@ -121,7 +122,7 @@ def eval_command(
     k_shot: int = typer.Option(5, "--k-shot", help="Examples per prompt for --mc sets that have --mc-dev."),
     max_length: int = typer.Option(2048, "--max-length", help="Tokens per window (longer documents use sliding windows)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Window step in tokens (default max_length/2); each token is scored once."),
-    batch_tokens: int = typer.Option(8192, "--batch-tokens", help="Token slots per forward (windows are batched)."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Token slots per forward (short documents are batched; default --max-length). Memory: about 2 x slots x vocabulary x 4 bytes of logits."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16."),
     text_field: str = typer.Option("text", "--text-field", help="JSON field holding the text."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),

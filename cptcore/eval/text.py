@@ -107,7 +107,7 @@ def _batches(items: list[Window], tokens_per_batch: int, max_rows: int) -> Itera
 
 
 def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[Any], *, max_length: int,
-                    stride: int | None = None, batch_tokens: int = 8192, pad_id: int = 0,
+                    stride: int | None = None, batch_tokens: int | None = None, pad_id: int = 0,
                     device: Any = None) -> EvalResult:
     """Summed NLL over every scored token of ``ids`` under ``model``.
 
@@ -117,7 +117,9 @@ def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[A
         nbytes: int bytes per token of each document (``[n_i]``).
         max_length: tokens per window (the model's context to use).
         stride: window step (default ``max_length // 2``), see the module docstring.
-        batch_tokens: windows are batched (right-padded) up to this many token slots.
+        batch_tokens: windows are batched (right-padded) up to this many token slots
+            (default ``max_length``); the logits take about ``2 * batch_tokens * vocab * 4``
+            bytes.
         pad_id: id put in padded slots (masked out, never scored).
 
     Returns:
@@ -139,7 +141,7 @@ def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[A
     for nb in nbytes:
         total_bytes += int(np.asarray(nb, dtype=np.int64)[1:].sum())
     with torch.no_grad():
-        for batch in _batches(items, batch_tokens, 64):
+        for batch in _batches(items, batch_tokens or max_length, 64):
             S = max(w.end - w.begin for w in batch)
             inp = torch.full((len(batch), S), pad_id, dtype=torch.long)
             lab = torch.full((len(batch), S), -100, dtype=torch.long)
