@@ -143,6 +143,13 @@ def test_cli_eval_two_tokenizers_text_and_mc(tmp_path, cpt_cli, smollm2_tokenize
         assert r["bpb"] == pytest.approx(lib.bpb, rel=1e-5) and r["tokens"] == lib.tokens
         assert res["models"][str(m)]["mc"]["mmlu"]["items"] == 8
     assert "bits per byte" in log and "mixed" in log
+    # --full-text: every byte of the text is scored, whatever the tokenizer
+    code, log = cpt_cli("eval", "--model", str(m1), "--model", str(m2), "--text", f"mixed={text}", "--full-text",
+                        "--max-length", "8", "--stride", "4", "--json", str(out))
+    assert code == 0, log
+    res = json.loads(out.read_text())
+    total = sum(len(json.loads(x)["text"].encode()) for x in text.read_text().splitlines())
+    assert [res["models"][str(m)]["text"]["mixed"]["bytes"] for m in (m1, m2)] == [total, total]
 
 
 def test_cli_eval_errors_are_one_line(cpt_cli, tmp_path):

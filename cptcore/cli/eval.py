@@ -26,7 +26,7 @@ def _named(values: List[str] | None, flag: str) -> dict[str, str]:
 
 def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_dev: dict[str, str], k_shot: int,
              max_length: int, stride: int | None, batch_tokens: int | None, dtype: str, text_field: str = "text",
-             log: Any = None) -> dict:
+             log: Any = None, full_text: bool = False) -> dict:
     """Evaluate every model on every set; returns the JSON-able result (schema in docs/eval.md).
 
     Raises:
@@ -35,7 +35,7 @@ def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_d
     """
     from ..config import ModelConfig
     from ..eval.mc import evaluate_mc, read_items
-    from ..eval.text import encode_documents, read_texts, score_documents, windows
+    from ..eval.text import encode_documents, full_text_prefix, read_texts, score_documents, windows, with_prefix
     from ..model.load import check_model_path, load_model, resolve_hf_folder
 
     log = log or (lambda msg: print(f"cpt eval: {msg}", file=sys.stderr, flush=True))
@@ -58,7 +58,7 @@ def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_d
     docs = {name: read_texts(path, text_field) for name, path in texts.items()}
     items = {name: read_items(path) for name, path in mcs.items()}
     dev = {name: read_items(path) for name, path in mc_dev.items()}
-    out: dict = {"max_length": max_length, "stride": stride, "k_shot": k_shot, "models": {}}
+    out: dict = {"max_length": max_length, "stride": stride, "k_shot": k_shot, "full_text": full_text, "models": {}}
     for m in models:
         folder = str(resolve_hf_folder(m))
         model = load_model(ModelConfig(path=m, dtype=dtype), log=lambda msg: None)
@@ -69,6 +69,8 @@ def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_d
         res: dict = {"path": m, "vocab_size": len(tok), "text": {}, "mc": {}}
         for name, texts_ in docs.items():
             ids, nbytes = encode_documents(folder, texts_)
+            if full_text:
+                ids, nbytes = with_prefix(ids, nbytes, full_text_prefix(tok))
             r = score_documents(model, ids, nbytes, max_length=max_length, stride=stride,
                                 batch_tokens=batch_tokens, pad_id=choose_pad_id(tok))
             res["text"][name] = {**r.to_dict(), "documents": len(texts_),
@@ -126,11 +128,12 @@ def eval_command(
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16."),
     text_field: str = typer.Option("text", "--text-field", help="JSON field holding the text."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    full_text: bool = typer.Option(False, "--full-text", help="Score every token, the first after EOS: bytes = the documents' UTF-8 length for every tokenizer."),
 ) -> None:
     """Bits per byte of models x raw-text sets (comparable across tokenizers) and
     multiple-choice accuracy; prints tables, optionally writes JSON."""
     result = run_eval(model, _named(text, "--text"), _named(mc, "--mc"), _named(mc_dev, "--mc-dev"), k_shot,
-                      max_length, stride, batch_tokens, dtype, text_field)
+                      max_length, stride, batch_tokens, dtype, text_field, full_text=full_text)
     print_tables(result)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

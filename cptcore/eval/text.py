@@ -14,6 +14,13 @@ max_length)`` and scores only the targets the previous window did not reach, so 
 token is scored exactly once, and every token after the first window sees at least
 ``max_length - stride`` tokens of context (the method of the Hugging Face "Perplexity
 of fixed-length models" guide).
+
+**Full text** (``cpt eval --full-text``): a tokenizer without BOS (SmolLM2, Qwen) leaves
+each document's first token unscored, so its bytes are not counted and the byte totals
+of two tokenizers differ slightly. With ``--full-text`` each document starts after the
+tokenizer's EOS (:func:`full_text_prefix`), every token is scored and the bytes are
+exactly the documents' UTF-8 length for every tokenizer (this no longer matches a
+prepared row, whose first token is never predicted).
 """
 
 from __future__ import annotations
@@ -90,6 +97,35 @@ def encode_documents(tokenizer_path: str, texts: Sequence[str]) -> tuple[list[li
     ids = encode_texts(tokenizer_path, None, None, list(texts))
     table = byte_table_for(tokenizer_path)
     return ids, [token_bytes(table, x, t) for x, t in zip(ids, texts)]
+
+
+def full_text_prefix(tokenizer: Any) -> int | None:
+    """The id to put before each document so that its first token is scored too: None
+    when the tokenizer adds BOS itself (the first token is already BOS, 0 bytes), else
+    its EOS (the end-of-text context lm-evaluation-harness's rolling log-likelihood
+    uses), else its BOS.
+
+    Raises:
+        ConfigError: the tokenizer has neither EOS nor BOS.
+    """
+    from ..data.tokenize import tokenizer_adds
+
+    if tokenizer_adds(tokenizer)[0]:
+        return None
+    for cand in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if cand is not None:
+            return int(cand)
+    raise ConfigError("--full-text: the tokenizer has no EOS or BOS token to start documents with")
+
+
+def with_prefix(ids: Sequence[Sequence[int]], nbytes: Sequence[Any], prefix: int | None) -> tuple[list, list]:
+    """``[prefix] + ids`` and ``[0] + nbytes`` per document (unchanged when ``prefix`` is None)."""
+    import numpy as np
+
+    if prefix is None:
+        return list(ids), list(nbytes)
+    return ([[prefix, *x] for x in ids],
+            [np.concatenate([np.zeros(1, np.int32), np.asarray(nb, dtype=np.int32)]) for nb in nbytes])
 
 
 def _batches(items: list[Window], tokens_per_batch: int, max_rows: int) -> Iterator[list[Window]]:
