@@ -197,8 +197,6 @@ def test_fault_unlabeled_rows_found_in_an_older_folder_and_refused(cpt_pm, smoll
     # an older cpt prepare: a row with no label, and a manifest that does not count them
     old = tmp_path / "old"
     rows = {"input_ids": [B, B, B], "labels": [[M] * 8, B, [2] + [M] * 7], "position_ids": [list(range(8))] * 3}
-    datasets.Dataset.from_dict(rows, features=datasets.load_from_disk(str(good)).features).save_to_disk(str(old))
-    rows = {"input_ids": [B, B], "labels": [[M] * 8, B], "position_ids": [list(range(8))] * 2}
     feats = datasets.load_from_disk(str(good)).features  # an older folder: no label_bytes column
     datasets.Dataset.from_dict(rows, features=datasets.Features({k: feats[k] for k in rows})).save_to_disk(str(old))
     manifest = read_manifest(good)
