@@ -111,6 +111,13 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class PluginsConfig:
+    # plugin .py files the run loaded (cpt --plugin), recorded as {"path": absolute,
+    # "sha256": hex}; loaded again on resume, and a changed file is refused
+    files: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -122,6 +129,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
     # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

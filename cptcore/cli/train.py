@@ -76,6 +76,9 @@ def register(app: typer.Typer, pm: Any) -> None:
             resume=resume, freeze=freeze,
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
+        from ..plugin_files import with_plugin_files
+
+        cfg = with_plugin_files(cfg, pm)  # record --plugin files; load a resumed run's
         if dry_run:
             from ..train.dryrun import dry_run as run_dry
 
