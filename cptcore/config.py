@@ -117,10 +117,17 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+<<<<<<< HEAD
 class EvalConfig:
     # NAME -> largest allowed bpb increase over step 0 on that retained set (bits/byte)
     budget: dict[str, float] = field(default_factory=dict)
     on_budget: str = "warn"  # warn | stop | keep_best (checked against data.eval on load)
+=======
+class PluginsConfig:
+    # plugin .py files the run loaded (cpt --plugin), recorded as {"path": absolute,
+    # "sha256": hex}; loaded again on resume, and a changed file is refused
+    files: list[dict[str, str]] = field(default_factory=list)
+>>>>>>> misc
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,11 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+<<<<<<< HEAD
     eval: EvalConfig = field(default_factory=EvalConfig)
+=======
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+>>>>>>> misc
     # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -53,6 +53,33 @@ class CptPluginManager(pluggy.PluginManager):
         self.info: dict[str, PluginInfo] = {}
         self.load_failures: list[LoadFailure] = []
         self._registries: dict[str, Any] = {}
+        #: plugin files registered (``cpt --plugin``): ``(absolute path, sha256 of the bytes imported)``
+        self.plugin_files: list[tuple[str, str]] = []
+
+    def add_plugin_file(self, path: str | os.PathLike) -> None:
+        """Import the plugin file ``path`` and register it (as ``file:NAME``), recording
+        its absolute path and sha256 in :attr:`plugin_files`; cached registries are
+        dropped so they include it. A file already registered is skipped.
+
+        Raises:
+            PluginError: missing file, an import error, or a misspelled hook name.
+        """
+        resolved = str(Path(path).resolve())
+        if any(p == resolved for p, _ in self.plugin_files):
+            return
+        digest = file_sha256(path) if Path(path).is_file() else ""
+        module = load_plugin_file(path)
+        name = f"file:{Path(path).name}"
+        if self.is_blocked(name):
+            return
+        self.register_from(module, name, "file")
+        self.plugin_files.append((resolved, digest))
+        self._registries.clear()
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError as exc:
+            problem = str(exc).split(" in plugin ")[0]
+            raise PluginError(f"plugin '{name}': {problem}") from exc
 
     def register_from(self, plugin: Any, name: str, source: str, version: str = "") -> None:
         self.register(plugin, name=name)
@@ -86,6 +113,13 @@ def builtin_modules() -> list[str]:
         for m in pkgutil.iter_modules(builtin_plugins.__path__)
         if not m.name.startswith("_")
     )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_plugin_file(path: str | os.PathLike) -> ModuleType:
@@ -160,10 +194,8 @@ def make_plugin_manager(
         _load_entry_points(pm, blocked_names)
 
     for path in files:
-        module = load_plugin_file(path)
-        name = f"file:{Path(path).name}"
-        if name not in blocked_names:
-            pm.register_from(module, name, "file")
+        if f"file:{Path(path).name}" not in blocked_names:
+            pm.add_plugin_file(path)
 
     for obj in extra:
         name = getattr(obj, "__name__", None) or type(obj).__name__

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cptcore.train.estimate import ModelShape, Plan, estimate, fmt_bytes, layer_activation_bytes, model_states
+from cptcore.train.estimate import (LOAD_FRACTION, RUNTIME_BYTES, SLACK_FRACTION, ModelShape, Plan, estimate, fmt_bytes,
+                                    layer_activation_bytes, llama_layer_activation_bytes, logits_bytes, model_states)
 
 # a 7.5B-parameter GPT-like shape, as in the ZeRO paper's running example (Ψ = 7.5B, N_d = 64)
 ZERO_PAPER = ModelShape(params=7_500_000_000, trainable=7_500_000_000, hidden_size=4096,
@@ -55,26 +56,64 @@ def test_korthikanti_layer_formulas():
 
 
 def test_activation_totals_with_and_without_checkpointing():
+    # Korthikanti's GPT formula when the MLP width is unknown (16-bit bytes; fp32 doubles them)
     plan = Plan("ddp", precision="bf16", micro_batch_size=2, seq_len=1024, attention="eager")
     est = estimate(ZERO_PAPER, plan)
     s, b, h, a, L, V = 1024, 2, 4096, 32, 32, 32000
-    logits = s * b * V * 6
-    assert est.activations == pytest.approx(L * s * b * h * (34 + 5 * a * s / h) + logits)
-    assert est.activations_ckpt == pytest.approx(L * 2 * s * b * h + logits)
-    # SDPA / flash drop the attention-score term; fp32 doubles the layer activations
+    edges = 3 * s * b * h * 2
+    per = s * b * h * (34 + 5 * a * s / h)
+    assert est.activations == pytest.approx(L * per + edges)
+    assert est.activations_ckpt == pytest.approx(L * s * b * h * 2 + per + edges)  # inputs + one layer recomputed
+    assert est.logits == pytest.approx(s * b * V * (2 + 12))
     sdpa = estimate(ZERO_PAPER, Plan("ddp", micro_batch_size=2, seq_len=1024))
-    assert sdpa.activations == pytest.approx(L * s * b * h * 34 + logits)
+    assert sdpa.activations == pytest.approx(L * s * b * h * 34 + edges)
     fp32 = estimate(ZERO_PAPER, Plan("ddp", precision="fp32", micro_batch_size=2, seq_len=1024))
-    assert fp32.activations == pytest.approx(2 * L * s * b * h * 34 + logits)
-    assert est.device == est.params + est.grads + est.optimizer + est.activations
+    assert fp32.activations == pytest.approx(2 * (L * s * b * h * 34 + edges))
+    assert fp32.logits == pytest.approx(s * b * V * (4 + 12))
+    assert est.slack == pytest.approx(SLACK_FRACTION * (est.activations + est.logits))
+    assert est.runtime == pytest.approx(RUNTIME_BYTES + LOAD_FRACTION * est.params)
+    assert est.device == pytest.approx(est.params + est.grads + est.optimizer + est.activations + est.logits
+                                       + est.slack + est.runtime)
+    assert est.device_ckpt < est.device
+
+
+# SmolLM2-135M's shape (config.json of the bundled model)
+SMOLLM2 = ModelShape(params=134_515_008, trainable=134_515_008, hidden_size=576, num_hidden_layers=30,
+                     num_attention_heads=9, vocab_size=49152, intermediate_size=1536)
+
+
+def test_llama_layer_activations_counted_from_saved_tensors():
+    # 11h + 4I elements per token (saved-tensor storage of transformers' LlamaDecoderLayer, SDPA)
+    assert llama_layer_activation_bytes(256, 1, 576, 1536, bytes_per=4) == 256 * (11 * 576 + 4 * 1536) * 4
+    # tp=2: the norms' 4h replicated, the rest halved; with sequence parallelism all halved
+    assert llama_layer_activation_bytes(256, 1, 576, 1536, tp=2) == 256 * (4 * 576 + (7 * 576 + 4 * 1536) / 2) * 2
+    assert llama_layer_activation_bytes(256, 1, 576, 1536, tp=2, sp_in_tp=True) == 256 * (11 * 576 + 4 * 1536) / 2 * 2
+    est = estimate(SMOLLM2, Plan("ddp", precision="fp32", micro_batch_size=1, seq_len=256))
+    assert est.activations == pytest.approx(30 * 256 * (11 * 576 + 4 * 1536) * 4 + 3 * 256 * 576 * 4)
+    eager = estimate(SMOLLM2, Plan("ddp", precision="fp32", micro_batch_size=1, seq_len=256, attention="eager"))
+    assert eager.activations - est.activations == pytest.approx(30 * 256 * 2.5 * 9 * 256 * 4)
+
+
+def test_logits_term_by_vocabulary_and_tokens_and_chunk_length():
+    V = 49152
+    assert logits_bytes(1024, V, 4) == 1024 * V * 16  # fp32: logits + three fp32 [T, V] buffers (measured 4.0x)
+    assert logits_bytes(1024, V, 2) == 1024 * V * 14  # bf16 logits + three fp32 buffers (measured 3.5x)
+    # a chunked loss: whole logits + their gradient in the compute dtype, fp32 temporaries of one chunk
+    assert logits_bytes(2048, V, 2, chunk_tokens=256) == 2 * 2048 * V * 2 + 256 * V * 8
+    assert logits_bytes(100, V, 4, chunk_tokens=1024) == 2 * 100 * V * 4 + 100 * V * 8  # chunk longer than the batch
+    whole = estimate(SMOLLM2, Plan("ddp", precision="bf16", micro_batch_size=4, seq_len=512))
+    chunked = estimate(SMOLLM2, Plan("ddp", precision="bf16", micro_batch_size=4, seq_len=512, loss_chunk_tokens=1024))
+    assert whole.logits == logits_bytes(2048, V, 2) and chunked.logits == logits_bytes(2048, V, 2, 1024)
+    assert chunked.device < whole.device
 
 
 def test_pipeline_activations_in_flight():
     # pp=4, 8 pipeline micro-batches of 8/8 = 1 row: L/4 layers x min(4, 8) in flight
     plan = Plan("hybrid3d", pp=4, num_microbatches=8, micro_batch_size=8, seq_len=512)
-    act, _ = estimate(ZERO_PAPER, plan).activations, None
+    est = estimate(ZERO_PAPER, plan)
     s, h, L, V = 512, 4096, 32, 32000
-    assert act == pytest.approx((L / 4) * s * 1 * h * 34 * 4 + s * 1 * V * 6)
+    assert est.activations == pytest.approx((L / 4) * s * 1 * h * 34 * 4 + 3 * s * h * 2)
+    assert est.logits == pytest.approx(s * 1 * V * 14)  # the last stage's loss, one pipeline micro-batch
 
 
 def test_fmt_bytes():

@@ -134,9 +134,14 @@ def test_cpu_only_refusals(cpt_pm, tmp_path):
         pytest.skip("CPU-only refusals")
     with pytest.raises(ConfigError, match="placement_policy=auto needs CUDA"):
         _validate(cpt_pm, tmp_path, "gemini_auto", sets=["strategy.precision=bf16"])
-    for mode in ("split_gather", "all_to_all"):
-        sp = ["strategy.tp_size=2"] if mode == "split_gather" else ["strategy.sp_size=2"]
-        with pytest.raises(ConfigError, match=f"sequence_parallelism_mode={mode} needs NCCL collectives"):
-            _validate(cpt_pm, tmp_path, "hybrid3d", sets=[*sp, f"strategy.sequence_parallelism_mode={mode}"])
+    # split_gather runs on CPU through the compat layer (cpu_sp); ring is refused on CPU,
+    # all_to_all everywhere (measured reasons); ring_attn needs flash attention
+    _validate(cpt_pm, tmp_path, "hybrid3d", sets=["strategy.tp_size=2", "strategy.sequence_parallelism_mode=split_gather"])
+    with pytest.raises(ConfigError, match="ring on CPU: its gradients differ from tp-only ones"):
+        _validate(cpt_pm, tmp_path, "hybrid3d", sets=["strategy.tp_size=2", "strategy.sequence_parallelism_mode=ring"])
+    with pytest.raises(ConfigError, match="all_to_all would train with gradients sp_size times too large"):
+        _validate(cpt_pm, tmp_path, "hybrid3d", sets=["strategy.sp_size=2", "strategy.sequence_parallelism_mode=all_to_all"])
+    with pytest.raises(ConfigError, match="ring_attn needs enable_flash_attention=true"):
+        _validate(cpt_pm, tmp_path, "hybrid3d", sets=["strategy.sp_size=2", "strategy.sequence_parallelism_mode=ring_attn"])
     # accumulation over ranks is allowed (the compat patch fixes Gemini's gathered chunks)
     _validate(cpt_pm, tmp_path, "gemini", sets=["strategy.precision=bf16"], **{"training.accumulation_steps": 2})

@@ -38,7 +38,7 @@ def test_dry_run_layout_counts_and_table(cpt_cli, config_only_model):
     assert "layout:   world=4: dp=2 tp=2 pp=1 sp=1" in out
     assert f"params:   {TOTAL:,} total, {TOTAL:,} trainable, 0 frozen" in out
     assert "micro-batch 2 x 2048 tokens (assumed); attention sdpa; gradient checkpointing off" in out
-    est = estimate(ModelShape(TOTAL, TOTAL, 64, 2, 4, 128),
+    est = estimate(ModelShape(TOTAL, TOTAL, 64, 2, 4, 128, intermediate_size=128),
                    Plan("hybrid3d", precision="bf16", dp=2, tp=2, micro_batch_size=2, seq_len=2048))
     assert re.search(rf"optimizer states\s+\|\s+{est.optimizer:,.0f} \|", out)
     assert re.search(rf"activations \(checkpointing\)\s+\|\s+{est.activations_ckpt:,.0f} \|", out)

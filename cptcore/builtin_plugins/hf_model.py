@@ -10,4 +10,4 @@ from ..hookspecs import hookimpl
 def cpt_build_model(config):
     from ..model.load import load_model
 
-    return load_model(config.model)
+    return load_model(config.model, precision=config.strategy.precision)

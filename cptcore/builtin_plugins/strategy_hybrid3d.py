@@ -10,8 +10,13 @@ Korthikanti et al. 2022 for sequence parallelism).
   :class:`~cptcore.train.sharded.PipelineStrategy` keeps the loop's token-weighted
   loss, gradient accumulation and LR schedule.
 * ``sp_size`` / ``sequence_parallelism_mode``: ``split_gather``/``ring`` inside the TP
-  group, ``all_to_all`` on its own axis; ``ring_attn`` needs flash attention. GPU only:
-  gloo has no ``reduce_scatter``/``all_to_all``, so it is refused on CPU.
+  group, ``all_to_all`` on its own axis; ``ring_attn`` needs flash attention. On CPU
+  ``split_gather`` runs through the compat patch ``shardformer.gloo_list_collectives``
+  (gloo lacks the list forms of ``reduce_scatter``/``all_to_all`` that ShardFormer
+  calls, but has ``reduce_scatter_tensor``/``all_to_all_single``) and trains exactly as
+  tp-only; ``ring`` is refused on CPU (gradients about 1 % off tp-only's, unexplained)
+  and ``all_to_all`` everywhere (gradients sp_size times too large with our
+  whole-sequence loss).
 * ``zero_stage``: 0, 1 or 2 over the data-parallel axis (ColossalAI: at most 1 with
   pipeline parallelism; ZeRO refuses fp32).
 
@@ -82,9 +87,16 @@ def validate_hybrid3d(options: Hybrid3DOptions | None, config, world_size: int, 
     check_microbatches(name, pp, opts.num_microbatches, config.training.micro_batch_size)
     if opts.zero_stage > 0:
         check_precision(name, config.strategy.precision, ("bf16", "fp16"), f"ZeRO stage {opts.zero_stage} under hybrid parallelism")
-    if mode is not None and not _has_cuda():
-        raise ConfigError(f"{name}: sequence_parallelism_mode={mode} needs NCCL collectives (gloo has no "
-                          f"reduce_scatter / all_to_all); sequence parallelism is GPU only")
+    if mode == "all_to_all":
+        # measured with cpt train on 2 gloo ranks, tiny LLaMA, fp32: the first loss equals
+        # tp-only's, the gradient norm is exactly 2.00x (2.958 vs 1.479)
+        raise ConfigError(f"{name}: sequence_parallelism_mode=all_to_all would train with gradients sp_size times too large "
+                          f"(every sp rank computes the loss over the whole gathered sequence and ColossalAI then sums "
+                          f"gradients over the sp group); use split_gather (inside TP)")
+    if mode == "ring" and not _has_cuda():
+        raise ConfigError(f"{name}: sequence_parallelism_mode=ring on CPU: its gradients differ from tp-only ones by "
+                          f"about 1% in fp32 on the same batches (measured, unexplained; split_gather matches exactly); "
+                          f"use split_gather")
     if mode == "ring_attn" and not opts.enable_flash_attention:
         raise ConfigError(f"{name}: sequence_parallelism_mode=ring_attn needs enable_flash_attention=true (GPU with flash-attn)")
     check_model(name, model_config, tp=tp, pp=pp, sp=layout.sp, sp_mode=mode)

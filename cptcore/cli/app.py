@@ -85,7 +85,7 @@ def make_app(pm: Any) -> typer.Typer:
             False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
         ),
         plugin: Optional[list[str]] = typer.Option(
-            None, "--plugin", metavar="FILE", help="Load a plugin from a .py file (repeatable; read before the command runs)."
+            None, "--plugin", metavar="FILE", help="Load a plugin from a .py file (repeatable; read before the command runs; cpt train records it with its sha256 and --resume loads it again)."
         ),
     ) -> None:
         """cptcore: continual pretraining and SFT of LLaMA-family models."""

@@ -76,6 +76,9 @@ def register(app: typer.Typer, pm: Any) -> None:
             resume=resume, freeze=freeze,
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
+        from ..plugin_files import with_plugin_files
+
+        cfg = with_plugin_files(cfg, pm)  # record --plugin files; load a resumed run's
         if dry_run:
             from ..train.dryrun import dry_run as run_dry
 
@@ -125,15 +128,15 @@ def register(app: typer.Typer, pm: Any) -> None:
 
     @app.command("generate")
     def generate_command(
-        model: str = typer.Argument(..., help="Hugging Face folder (e.g. OUT/final) or .gguf file."),
+        model: str = typer.Argument(..., help="Hugging Face folder (e.g. OUT/final), .gguf file, peft adapter folder, or checkpoint folder OUT/checkpoints/step-N."),
         prompt: List[str] = typer.Option(..., "--prompt", help="Prompt text (repeatable)."),
         max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Tokens to generate."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
         top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     ) -> None:
-        """Generate a continuation of each prompt, for a smoke look at a model."""
+        """Generate a continuation of each prompt, for a smoke look at a model or a checkpoint."""
         from ..train.export_cli import generate
 
-        for text in generate(model, prompt, max_new_tokens, temperature, top_p, seed):
+        for text in generate(model, prompt, max_new_tokens, temperature, top_p, seed, pm=pm):
             typer.echo(text)

@@ -2,7 +2,8 @@
 
 ColossalAI's ``CpuAccelerator`` raises "not supported" for synchronisation, streams,
 seeding and cache control, and several plugins assume CUDA. Each patch (one module per
-gap family: ``cpu_accelerator``, ``cpu_zero``, ``cpu_pipeline``, ``cpu_fsdp``) names the
+gap family: ``cpu_accelerator``, ``cpu_zero``, ``cpu_pipeline``, ``cpu_fsdp``,
+``cpu_sp``) names the
 upstream gap it fills (file:line in colossalai 0.5.0, see ``/work/shared/COLOSSALAI_CPU.md``)
 and carries a ``has_gap()`` check, so it is applied only when the running version still
 has that gap. :func:`apply` is idempotent and does nothing when CUDA is available.
@@ -19,13 +20,13 @@ strategy refuses it on CPU instead.
 
 from __future__ import annotations
 
-from . import cpu_accelerator, cpu_fsdp, cpu_pipeline, cpu_zero
+from . import cpu_accelerator, cpu_fsdp, cpu_pipeline, cpu_sp, cpu_zero
 from ._patch import Patch
 
 # One module per upstream gap family (the single file outgrew ~400 lines); this module
 # is the only entry point.
 PATCHES: tuple[Patch, ...] = (
-    *cpu_accelerator.PATCHES, *cpu_zero.PATCHES, *cpu_pipeline.PATCHES, *cpu_fsdp.PATCHES,
+    *cpu_accelerator.PATCHES, *cpu_zero.PATCHES, *cpu_pipeline.PATCHES, *cpu_fsdp.PATCHES, *cpu_sp.PATCHES,
 )
 
 _APPLIED: set[str] = set()  # examined (filled or not needed)

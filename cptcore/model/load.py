@@ -81,41 +81,77 @@ def resolve_hf_folder(path: str) -> Path:
     return out
 
 
-def choose_attention(requested: str) -> tuple[str, str]:
-    """Pick the attention implementation.
+#: the compute dtypes FlashAttention-2 kernels accept (flash-attn's README: "fp16 and bf16")
+FLASH_DTYPES = ("bf16", "fp16")
 
-    ``auto``: ``flash_attention_2`` when the ``flash_attn`` package imports and CUDA is
-    available (variable-length kernels keep packed documents apart from ``position_ids``),
-    else ``sdpa`` (with the block-diagonal 4-D mask built by the loader).
+
+def flash_attn_installed() -> bool:
+    """Whether the ``flash_attn`` package can be imported (found, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def compute_dtype(model_dtype: str, precision: str | None) -> str:
+    """The dtype attention runs in: the strategy's mixed ``precision`` (bf16/fp16, under
+    autocast or in half weights) when it is one, else the weights' ``model.dtype``."""
+    return precision if precision in FLASH_DTYPES else model_dtype
+
+
+def choose_attention(requested: str, dtype: str = "bf16") -> tuple[str, str]:
+    """Pick the attention implementation for compute dtype ``dtype`` (fp32 | bf16 | fp16,
+    see :func:`compute_dtype`).
+
+    ``auto``: ``flash_attention_2`` when the ``flash_attn`` package imports, CUDA is
+    available and ``dtype`` is bf16/fp16 (variable-length kernels keep packed documents
+    apart from ``position_ids``), else ``sdpa`` (with the block-diagonal 4-D mask built by
+    the collate). FlashAttention-2 takes fp16/bf16 only, so fp32 picks ``sdpa``.
 
     Returns:
         ``(implementation, one-line reason)``.
 
     Raises:
-        ConfigError: ``flash_attention_2`` requested without flash-attn or CUDA; unknown name.
+        ConfigError: ``flash_attention_2`` requested without flash-attn, without CUDA, or
+            with an fp32 compute dtype (naming the fix); unknown name.
     """
-    import importlib.util
-
-    import torch
-
-    have_fa = importlib.util.find_spec("flash_attn") is not None
-    cuda = torch.cuda.is_available()
-    if requested == "auto":
-        if have_fa and cuda:
-            return "flash_attention_2", "flash-attn is installed and CUDA is available (varlen kernels from position_ids)"
-        why = "flash-attn is not installed" if not have_fa else "CUDA is not available"
-        return "sdpa", f"{why}; packed documents are separated by a block-diagonal mask"
-    if requested == "flash_attention_2" and not (have_fa and cuda):
-        raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package and CUDA")
-    if requested not in ("sdpa", "eager", "flash_attention_2"):
+    if requested not in ("auto", "sdpa", "eager", "flash_attention_2"):
         raise ConfigError(f"model.attn_implementation: unknown '{requested}' (auto, sdpa, eager, flash_attention_2)")
+    if requested in ("sdpa", "eager"):
+        return requested, "as configured"
+    have_fa, cuda = flash_attn_installed(), cuda_available()
+    if requested == "auto":
+        if have_fa and cuda and dtype in FLASH_DTYPES:
+            return "flash_attention_2", "flash-attn is installed and CUDA is available (varlen kernels from position_ids)"
+        if not have_fa:
+            why = "flash-attn is not installed"
+        elif not cuda:
+            why = "CUDA is not available"
+        else:
+            why = f"FlashAttention-2 takes fp16/bf16 only and this run computes in {dtype}"
+        return "sdpa", f"{why}; packed documents are separated by a block-diagonal mask"
+    if not have_fa:
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package "
+                          "(pip install flash-attn, CUDA only); or set model.attn_implementation=sdpa")
+    if not cuda:
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs CUDA, and this machine has none: "
+                          "set model.attn_implementation=sdpa (or auto)")
+    if dtype not in FLASH_DTYPES:
+        raise ConfigError(f"model.attn_implementation=flash_attention_2 takes fp16/bf16 only, and this run computes "
+                          f"in {dtype}: set strategy.precision=bf16 (or model.attn_implementation=sdpa)")
     return requested, "as configured"
 
 
-def load_model(model_cfg: Any, log: Any = print) -> Any:
+def load_model(model_cfg: Any, log: Any = print, precision: str | None = None) -> Any:
     """Load the causal LM described by ``model_cfg`` (:class:`cptcore.config.ModelConfig`).
 
-    Weights in ``model_cfg.dtype``; attention from :func:`choose_attention` (one line
+    Weights in ``model_cfg.dtype``; attention from :func:`choose_attention` for the
+    compute dtype of ``model_cfg.dtype`` and the strategy's ``precision`` (one line
     logged through ``log``); ``trust_remote_code`` only when set. Gradient checkpointing
     is enabled here (non-reentrant) when asked; it is active only in train mode, which
     the loop sets before every training forward.
@@ -133,7 +169,7 @@ def load_model(model_cfg: Any, log: Any = print) -> Any:
     if model_cfg.dtype not in DTYPES:
         raise ConfigError(f"model.dtype: unknown '{model_cfg.dtype}' (fp32, bf16, fp16)")
     folder = check_model_files(resolve_hf_folder(model_cfg.path))
-    impl, why = choose_attention(model_cfg.attn_implementation)
+    impl, why = choose_attention(model_cfg.attn_implementation, compute_dtype(model_cfg.dtype, precision))
     log(f"attention: {impl} ({why})")
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -114,7 +114,8 @@ def plan_dry_run(config: Any, pm: Any, world: int) -> DryRun:
     model = meta_model(config, pm)
     total, trainable = count_params(model)
     hf = model.config
-    shape = ModelShape(total, trainable, hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.vocab_size)
+    shape = ModelShape(total, trainable, hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.vocab_size,
+                       getattr(hf, "intermediate_size", 0) or 0)
     seq, source = sequence_length(config)
     attention = config.model.attn_implementation if config.model.attn_implementation != "auto" else "sdpa"
     plan = Plan(

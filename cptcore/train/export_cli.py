@@ -87,16 +87,83 @@ def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lo
     return call_provider(pm, "cpt_save", model=built, out_dir=out_dir, config=config, tokenizer=tok)
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a cptcore checkpoint folder (``OUT/checkpoints/step-N``: it
+    holds ``trainer_state.json`` or ``config.yaml`` beside ``model/``), not a Hugging
+    Face folder."""
+    p = Path(path)
+    from .checkpoint import STATE
+
+    return p.is_dir() and not (p / "config.json").is_file() and (
+        (p / STATE).is_file() or ((p / "config.yaml").is_file() and (p / "model").is_dir()))
+
+
+def model_from_checkpoint(pm: Any, checkpoint: str | Path, merge_lora: bool = False) -> tuple[Any, Any, Any]:
+    """The model of a checkpoint folder, in memory: rebuilt from its ``config.yaml``
+    through ``cpt_build_model`` (LoRA wraps it again), its weights loaded with
+    :func:`cptcore.train.export.load_checkpoint_weights` (``torch.load(weights_only=True)``:
+    nothing in the checkpoint is executed), and the run's tokenizer. The base model the
+    run started from (``model.path`` in ``config.yaml``) must still be there.
+
+    Returns:
+        ``(model, tokenizer, config)``: the unboosted module (peft wrapper included),
+        the tokenizer and the checkpoint's :class:`cptcore.config.RunConfig`.
+
+    Raises:
+        CptError: incomplete or corrupt checkpoint, weights that do not match the model.
+    """
+    import torch
+
+    from ..model.load import load_tokenizer
+    from .build import build_model
+    from .checkpoint import unreadable_as_error, validate_checkpoint
+    from .export import load_checkpoint_weights
+
+    ckpt = Path(checkpoint)
+    validate_checkpoint(ckpt)
+    config = checkpoint_config(ckpt)  # the safety rules of cpt export (absolute model path, no remote code)
+    config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, merge_on_export=merge_lora))
+    torch.manual_seed(config.training.seed)
+    model = build_model(config, pm)
+    with unreadable_as_error(ckpt):
+        load_checkpoint_weights(model, ckpt)
+    return model, load_tokenizer(config.model), config
+
+
+def forward_inputs(model: Any, encoded: Any) -> dict:
+    """The entries of a tokenizer's output that ``model``'s forward names as parameters
+    (a peft model: its base model's). Tokenizers may return more than a causal LM takes
+    (``token_type_ids`` from a ``PreTrainedTokenizerFast`` folder), which ``generate``
+    refuses; a forward that takes ``**kwargs`` does not make those accepted.
+
+    Returns:
+        ``{name: tensor}`` restricted to the forward's named parameters.
+    """
+    import inspect
+
+    from .export import is_peft
+
+    base = model.get_base_model() if is_peft(model) else model
+    named = {n for n, p in inspect.signature(base.forward).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in dict(encoded).items() if k in named}
+
+
 def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0) -> list[str]:
+             top_p: float = 1.0, seed: int = 0, pm: Any = None) -> list[str]:
     """Greedy (``temperature == 0``) or sampled continuations, one string per prompt
-    (prompt + completion, special tokens dropped). A folder holding only a peft adapter is
-    loaded on its base model (``adapter_config.json``'s ``base_model_name_or_path``).
+    (prompt + completion, special tokens dropped). ``model_path`` is a Hugging Face
+    folder, a GGUF file, a folder holding only a peft adapter (loaded on its base model,
+    ``adapter_config.json``'s ``base_model_name_or_path``), or a checkpoint folder
+    ``OUT/checkpoints/step-N`` (:func:`model_from_checkpoint`, with ``pm``: default the
+    built-in and installed plugins). Only the tokenizer outputs the model's forward
+    takes are passed on (:func:`forward_inputs`).
 
     Raises:
         ConfigError: bad path, ``max_new_tokens < 1``, ``temperature < 0``, ``top_p``
             outside (0, 1], or a prompt that encodes to no token (empty, and the
             tokenizer adds no BOS).
+        CptError: ``model_path`` is an incomplete or corrupt checkpoint.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,7 +179,14 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
         raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
 
     p = Path(model_path)
-    if (p / "adapter_config.json").is_file():
+    tokenizer = None
+    if is_checkpoint(p):
+        if pm is None:
+            from ..plugins import make_plugin_manager
+
+            pm = make_plugin_manager()
+        model, tokenizer, _ = model_from_checkpoint(pm, p)
+    elif (p / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(str(p))
@@ -122,7 +196,8 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
         folder = check_model_files(resolve_hf_folder(model_path))
         model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False)
         tok_dir = folder
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     model.eval()
     torch.manual_seed(seed)
     encoded = [tokenizer(prompt, return_tensors="pt") for prompt in prompts]
@@ -137,7 +212,7 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
         else:
             kwargs.update(do_sample=False)
         with torch.no_grad():
-            ids = model.generate(**enc, **kwargs)
+            ids = model.generate(**forward_inputs(model, enc), **kwargs)
         outs.append(decode_complete(tokenizer, ids[0].tolist()))
     return outs
 

@@ -51,7 +51,7 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     Raises:
         CptError subclasses, one line each.
     """
-    from ..model.load import check_model_path
+    from ..model.load import check_model_path, choose_attention, compute_dtype
     from .build import FREEZE_CHOICES, validate_strategy
     from .checkpoint import resolve_resume
     from .resume_check import check_resume
@@ -84,6 +84,7 @@ def precheck(config: Any, pm: Any, world_size: int | None = None) -> Path | None
     check_optimizer(config.optimizer)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"strategy.precision must be fp32, bf16 or fp16, got '{config.strategy.precision}'")
+    choose_attention(config.model.attn_implementation, compute_dtype(config.model.dtype, config.strategy.precision))
     validate_strategy(config, pm, world_size)  # world: the launcher passes nproc x nnodes
     if config.noise.name:
         from ..config import parse_options
