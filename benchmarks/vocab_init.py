@@ -138,7 +138,11 @@ def main(argv=None) -> int:
         print(init, json.dumps(results[init]), flush=True)
         del model
 
-    ranked = sorted(results, key=lambda k: results[k]["after"]["zh_bpb"])
+    def key(k):  # a diverged run (NaN loss, as zero init gives) ranks last
+        v = results[k]["after"]["zh_bpb"]
+        return float("inf") if v != v else v
+
+    ranked = sorted(results, key=key)
     winner = ranked[0]
     margins = {k: round(results[k]["after"]["zh_bpb"] - results[winner]["after"]["zh_bpb"], 4) for k in ranked[1:]}
     cols = ["init", "zh bpb before", "zh bpb after", "en bpb before", "en bpb after", "en KL before", "en KL after", "new mass before", "new mass after", "final loss"]
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
         b, a = results[k]["before"], results[k]["after"]
         table.append([k, b["zh_bpb"], a["zh_bpb"], b["en_bpb"], a["en_bpb"], b["en_kl"], a["en_kl"], b["en_new_mass"], a["en_new_mass"], results[k]["losses"][-1]])
     print_table(f"embedding inits on SmolLM2-135M + {len(new_tok) - len(old_tok)} Chinese tokens, {args.steps} steps of {args.batch}x{args.length}", cols, table)
-    print(f"winner (lowest Chinese bpb after {args.steps} steps): {winner}; the others are worse by " + ", ".join(f"{k} +{v:.3f}" for k, v in margins.items()) + " bits/byte")
+    print(f"winner (lowest Chinese bpb after {args.steps} steps): {winner}; the others are worse by " + ", ".join(f"{k} +{v:.3f}" if v == v else f"{k} (diverged: NaN)" for k, v in margins.items()) + " bits/byte")
     out = write_result(
         "vocab_init",
         {

@@ -112,5 +112,7 @@ def test_cli_prints_check_and_refuses_with_the_number(cpt_cli, tmp_path: Path, m
     code, out = cpt_cli(*args, "--out", str(tmp_path / "o2"), "--max-kl", "0")
     assert code == 1 and "unsafe resize: KL(base || resized) on retained text is" in out and "(threshold 0)" in out
     assert "UNSAFE" in out
+    code, out = cpt_cli(*args, "--out", str(tmp_path / "o4"), "--init", "mean_x100", pm=make_plugin_manager(extra=[_Broken()]))
+    assert code == 1 and "unsafe resize: KL(base || resized)" in out  # the CLI's plugin manager finds plugin inits
     code, out = cpt_cli(*args, "--out", str(tmp_path / "o3"), "--init-option", "scale")
     assert code == 1 and "--init-option expects KEY=VALUE, got 'scale'" in out

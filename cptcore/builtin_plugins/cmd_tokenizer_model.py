@@ -13,4 +13,4 @@ def cpt_register_commands(app, pm):
     from ..cli.tokenizer import make_tokenizer_app
 
     app.add_typer(make_tokenizer_app(), name="tokenizer")
-    app.add_typer(make_model_app(), name="model")
+    app.add_typer(make_model_app(pm), name="model")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -36,6 +36,7 @@ def resize_command(
     max_kl: float = typer.Option(0.1, "--max-kl", help="Refuse when KL(base||resized) on retained text exceeds this (nats/token)."),
     allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="Save the model even when the check finds it unsafe."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    _pm: Any = None,
 ) -> None:
     """Resize input and output embeddings to a new tokenizer (old rows bit-identical), check the result, save."""
     from rich.console import Console
@@ -49,7 +50,7 @@ def resize_command(
     try:
         summary = resize_model_folder(
             model, tokenizer, out, init=init, overwrite=overwrite, seed=seed,
-            init_options=_key_values(init_option, "--init-option"), check=check,
+            init_options=_key_values(init_option, "--init-option"), check=check, pm=_pm,
         )
     except UnsafeResizeError as exc:  # show the numbers before the one-line error
         print_check(exc.report)
@@ -78,8 +79,20 @@ def import_gguf_command(
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
 
-def make_model_app() -> typer.Typer:
+def make_model_app(pm: Any = None) -> typer.Typer:
+    """The ``cpt model`` group; ``pm`` is the CLI's plugin manager, so init methods from
+    ``--plugin FILE`` and entry points are found by ``resize``."""
+    import inspect
+
     app = typer.Typer(help="Model surgery: embedding resize, GGUF import.", no_args_is_help=True)
-    app.command("resize")(resize_command)
+
+    def resize(**kwargs: Any) -> None:
+        resize_command(**kwargs, _pm=pm)
+
+    sig = inspect.signature(resize_command)
+    resize.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "_pm"])  # type: ignore[attr-defined]
+    resize.__annotations__ = {k: v for k, v in resize_command.__annotations__.items() if k != "_pm"}
+    resize.__doc__ = resize_command.__doc__
+    app.command("resize")(resize)
     app.command("import-gguf")(import_gguf_command)
     return app
