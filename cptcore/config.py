@@ -74,6 +74,8 @@ class TrainingConfig:
     freeze: str = "none"  # none | non-embeddings
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     eval_batches: int | None = None  # cap on eval micro-batches; None = all
+    objective: str = "causal_lm"  # training objective (cpt objectives)
+    objective_options: dict[str, Any] = field(default_factory=dict)  # checked by the objective plugin
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class LoggingConfig:
     loggers: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])
     log_every: int = 1
     progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # logger name -> its options (checked by the logger)
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,8 @@ class RunConfig:
             if f.name == "sources":
                 continue
             section = dataclasses.asdict(getattr(self, f.name))
-            extras = section.pop("options", None)
-            if extras:
-                section.update(extras)
+            if f.name in _OPEN_SECTIONS:
+                section.update(section.pop("options", None) or {})
             out[f.name] = section
         return out
 
@@ -240,7 +242,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str, sources: Mapping[s
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         src = _source_of(dotted, sources)
-        if key not in names or key == "options":
+        if key not in names or (key == "options" and section in _OPEN_SECTIONS):
             if section in _OPEN_SECTIONS:
                 options[key] = value
                 continue
