@@ -20,7 +20,7 @@ def overrides_from_flags(**flags: Any) -> dict:
         "save_every": "checkpointing.save_every", "eval_every": "training.eval_every",
         "micro_batch_size": "training.micro_batch_size", "accumulation_steps": "training.accumulation_steps",
         "lr": "optimizer.lr", "seed": "training.seed", "resume": "checkpointing.resume",
-        "data": "data.train", "freeze": "training.freeze",
+        "data": "data.train", "freeze": "training.freeze", "objective": "training.objective",
     }
     out = {}
     for flag, key in mapping.items():
@@ -53,13 +53,14 @@ def register(app: typer.Typer, pm: Any) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest checkpoint in OUT) or a checkpoint folder."),
         freeze: Optional[str] = typer.Option(None, "--freeze", help="none | non-embeddings."),
+        objective: Optional[str] = typer.Option(None, "--objective", help="Training objective (cpt objectives); default causal_lm."),
         nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="Start N ranks on this node (torchrun's agent runs in this process)."),
         nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (each runs this command with its --node-rank)."),
         node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1 (node 0 hosts the rendezvous)."),
         master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of node 0 (needed with --nnodes > 1)."),
         master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port on node 0 (default: free port on one node, 29500 on several)."),
         rendezvous_timeout: float = typer.Option(300.0, "--rendezvous-timeout", help="Seconds to wait for every node to join before failing with the missing node(s) named."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print layout, parameter counts and memory estimate; do not train."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Run every check the run makes, print the plan, layout, parameter counts and memory estimate; do not train."),
     ) -> None:
         """Train (continual pretraining or SFT) on prepared data; export to OUT/final."""
         from ..config import load_config
@@ -73,7 +74,7 @@ def register(app: typer.Typer, pm: Any) -> None:
             model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
             max_steps=max_steps, save_every=save_every, eval_every=eval_every,
             micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, lr=lr, seed=seed,
-            resume=resume, freeze=freeze,
+            resume=resume, freeze=freeze, objective=objective,
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
         if dry_run:
