@@ -31,7 +31,7 @@ from .build import FREEZE_CHOICES, accumulation_steps, model_config_dict
 from .checkpoint import list_checkpoints, resolve_resume, validate_checkpoint
 from .data import Source, check_sources, parse_source, seq_length
 from .optim import lr_lambda
-from .parallel import Layout, make_layout
+from .parallel import Layout, check_combination, make_layout
 
 if TYPE_CHECKING:
     from ..plugins import CptPluginManager
@@ -177,14 +177,12 @@ def check_capabilities(name: str, caps: Capabilities, config: RunConfig) -> None
 
     Raises:
         ConfigError: ``NAME: LoRA is not supported: REASON`` (likewise embedding noise,
-            ``--freeze``), or ``NAME: REASON`` for a GPU-only strategy without CUDA.
+            ``training.freeze``; :func:`cptcore.train.parallel.check_combination`), or ``NAME: REASON`` for a GPU-only strategy without CUDA.
     """
-    wanted = {"lora": config.lora.enabled, "noise": bool(config.noise.name), "freeze": config.training.freeze != "none"}
-    labels = {"lora": "LoRA", "noise": "embedding noise", "freeze": "--freeze"}
-    for key, asked in wanted.items():
-        if asked and not getattr(caps, key):
-            reason = caps.why_not.get(key, "use 'ddp' or disable it")
-            raise ConfigError(f"{name}: {labels[key]} is not supported: {reason}")
+    refuse = {key: caps.why_not.get(key, "use 'ddp' or disable it")
+              for key in ("lora", "noise", "freeze") if not getattr(caps, key)}
+    check_combination(name, lora=config.lora.enabled, noise=bool(config.noise.name),
+                      freeze=config.training.freeze != "none", refuse=refuse)
     if not caps.cpu:
         import torch  # only for strategies that declared they need CUDA
 
