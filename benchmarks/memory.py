@@ -15,6 +15,11 @@ Measured, in separate subprocesses:
 
 The ratio printed is measured training peak / (estimate + runtime floor).
 
+Chunked loss vs before: the same training run again with the pre-chunking loss
+(``--plugin benchmarks/_unchunked_loss.py --objective causal_lm_unchunked``: fp32
+cross-entropy over the whole micro-batch at once); its peak RSS minus the chunked one's
+is what the chunked ``causal_lm`` objective saves (``--no-baseline`` skips it).
+
 Run: ``.venv/bin/python benchmarks/memory.py [--steps 3] [--batch 1] [--length 256]``
 Writes ``benchmarks/results/memory.json``.
 """
@@ -34,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 FLOOR_SNIPPET = (
     "import resource, torch, transformers, colossalai\n"
-    "import cptcore.train.loop, cptcore.train.build, cptcore.train.data\n"
+    "import cptcore.train.loop, cptcore.train.trainer, cptcore.train.losses\n"
     "from cptcore.plugins import make_plugin_manager; make_plugin_manager()\n"
     "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
 )
@@ -85,6 +90,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                     help="extra cpt train --set item, e.g. strategy.gradient_as_bucket_view=true")
     ap.add_argument("--name", default="memory", help="results file name (benchmarks/results/NAME.json)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the run with the pre-chunking loss")
     args = ap.parse_args()
     EXTRA_SETS.extend(args.sets)
 
@@ -109,6 +115,15 @@ def main() -> None:
             child_peak = float("nan")  # an earlier child was bigger; ru_maxrss cannot tell
         records = [json.loads(l) for l in (work / "run" / "logs" / "metrics.jsonl").read_text().splitlines() if l.strip()]
         train_peak = max(r["peak_memory_mb"] for r in records)
+        unchunked_peak = None
+        if not args.no_baseline:
+            cmd = [str(Path(sys.executable).parent / "cpt"), "--plugin", str(HERE / "_unchunked_loss.py"),
+                   *train_args(model, data, work / "base", args.steps, args.batch), "--objective", "causal_lm_unchunked"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"cpt train (unchunked loss) failed:\n{proc.stderr[-3000:]}")
+            base = [json.loads(l) for l in (work / "base" / "logs" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+            unchunked_peak = max(r["peak_memory_mb"] for r in base)
 
     est_total = sum(estimate.values()) if estimate else None
     rows = [["runtime floor (imports only)", floor, ""]]
@@ -119,12 +134,16 @@ def main() -> None:
         ["measured: peak RSS while training", train_peak, train_peak / (est_total + floor) if est_total else ""],
         ["measured: peak RSS incl. save/export", child_peak, child_peak / (est_total + floor) if est_total else ""],
     ]
+    if unchunked_peak is not None:
+        rows.append(["measured: peak RSS, loss before chunking", unchunked_peak, ""])
+        rows.append(["  saved by the chunked loss", unchunked_peak - train_peak, ""])
     print_table(f"memory: SmolLM2-135M full fine-tune, fp32 AdamW, batch {args.batch} x {args.length}, ddp 1 process (MiB)",
                 ["what", "MiB", "ratio to estimate + floor"], rows)
     out = write_result(args.name, {
         "settings": vars(args), "runtime_floor_mb": floor, "estimate_mb": estimate, "estimate_total_mb": est_total,
         "dry_run_output": dry_text[-4000:], "train_peak_rss_mb": train_peak, "process_peak_rss_mb": child_peak,
         "ratio_train_peak_to_estimate_plus_floor": (train_peak / (est_total + floor)) if est_total else None,
+        "train_peak_rss_unchunked_loss_mb": unchunked_peak,
     })
     print(f"wrote {out}")
 
