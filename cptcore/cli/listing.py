@@ -8,7 +8,10 @@ from typing import Any, Optional
 
 import typer
 
+from ..data.sft import check_template_tokens, segments_to_text
+from ..data.tokenize import IGNORE, encode_with_spans, load_tokenizer
 from ..errors import CptError
+from ..registry import Registry
 from ..specs import REGISTRY_KINDS
 
 
@@ -96,8 +99,6 @@ def add_listing_commands(app: typer.Typer, pm: Any) -> None:
         if hook is not None and not hasattr(pm.hook, hook):
             from types import SimpleNamespace
 
-            from ..registry import Registry
-
             hooks: Registry = Registry("hook")  # reuse its "did you mean" message
             for h in (n for n in dir(pm.hook) if n.startswith("cpt_")):
                 hooks.add(SimpleNamespace(name=h), "core")
@@ -172,10 +173,6 @@ def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
     spec = pm.registry("templates").get(name)
     tok = None
     if tokenizer:
-        from ..data.tokenize import load_tokenizer
-
-        from ..data.sft import check_template_tokens
-
         tok = load_tokenizer(tokenizer)
         check_template_tokens(spec, tok)
     options = spec.options() if spec.options is not None else None
@@ -193,9 +190,6 @@ def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
     console.print(f"[bold]template {spec.name}[/bold]: {legend}")
     console.print(text)
     if tok is not None:
-        from ..data.sft import segments_to_text
-        from ..data.tokenize import IGNORE, encode_with_spans
-
         full, spans = segments_to_text(segments)
         ids, labels, _ = encode_with_spans(tok, full, spans)
         console.print(f"{len(ids)} tokens, {sum(1 for x in labels if x != IGNORE)} carry loss")

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from ..model.gguf import import_gguf
+from ..model.resize import resize_model_folder
+
 
 def resize_command(
     model: Path = typer.Option(..., "--model", help="Hugging Face model folder (with its own tokenizer)."),
@@ -18,8 +21,6 @@ def resize_command(
     """Resize input and output embeddings to a new tokenizer; old rows stay bit-identical."""
     from rich.console import Console
     from rich.table import Table
-
-    from ..model.resize import resize_model_folder
 
     t0 = time.perf_counter()
     summary = resize_model_folder(model, tokenizer, out, init=init, overwrite=overwrite)
@@ -39,8 +40,6 @@ def import_gguf_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Convert a GGUF checkpoint into a Hugging Face folder (fp32 safetensors, fixed tokenizer)."""
-    from ..model.gguf import import_gguf
-
     t0 = time.perf_counter()
     import_gguf(file, out, overwrite=overwrite)
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")

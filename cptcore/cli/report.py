@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..report import write_report
+
 
 def report_command(
     run_dir: Path = typer.Argument(..., help="A training run folder (the --out of cpt train), holding logs/metrics.jsonl."),
@@ -21,8 +23,6 @@ def report_command(
     summarises tokens trained, tokens/s, loss and perplexity first → last, wall time.
     """
     from rich.console import Console
-
-    from ..report import write_report
 
     report = write_report(run_dir, baseline_perplexity=baseline_perplexity, out_dir=out)
     console = Console()

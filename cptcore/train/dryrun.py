@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..builtin_plugins.lora import add_lora
 from ..model.load import check_model_path
 from .build import apply_freeze
 from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
@@ -67,8 +68,6 @@ def meta_model(config: Any, pm: Any) -> Any:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=config.model.trust_remote_code)
         if config.lora.enabled:
-            from ..builtin_plugins.lora import add_lora
-
             model = add_lora(model, config.lora)
     apply_freeze(model, config.training.freeze)
     return model

@@ -35,6 +35,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+from ..compat import colossalai_cpu
 from ..contract import IGNORE_INDEX
 from ..errors import ConfigError
 from .optim import param_groups, strip_names
@@ -178,8 +179,6 @@ class BoosterStrategy:
     def setup(self) -> None:
         """Create the Booster (the process group must exist). Applies the ColossalAI CPU
         compatibility patches first."""
-        from ..compat import colossalai_cpu
-
         colossalai_cpu.apply()
         from colossalai.booster import Booster
 
