@@ -56,7 +56,7 @@ def main() -> None:
                  "training.accumulation_steps": ACCUM, "training.seed": 0, "checkpointing.resume": "auto"}
     config = load_config(None, overrides=overrides, sets=sets)
     rank, world = init_distributed(0)
-    pm = make_plugin_manager(entrypoints=False)
+    pm = make_plugin_manager(entrypoints=False, files=os.environ.get("CPT_TEST_PLUGINS", "").split())
 
     class WorkerTrainer(Trainer):
         """The model straight from the folder (no cpt_build_model), fp32."""

@@ -10,7 +10,9 @@ norms and biases; :func:`cptcore.train.optim.param_groups`, decided on the unwra
 parameters' names and shapes). ColossalAI's own path rebuilds the optimizer from
 ``defaults`` with one group (``booster/plugin/torch_fsdp_plugin.py:553``), which is
 why :class:`FSDPStrategy` does not hand it the optimizer. Gradient clipping uses FSDP's
-own ``clip_grad_norm_`` (a global norm over the shards).
+own ``clip_grad_norm_`` (a global norm over the shards). Checkpoints keep each rank's
+own optimizer state (``optimizer/rank{R}.pt``): FSDP's gathered optimizer state drops
+parameters whose shard is empty on rank 0, which broke exact resume.
 
 Refused before training: LoRA (``TorchFSDPPlugin.enable_lora`` raises
 NotImplementedError) and ``training.freeze`` (flat parameters need one
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CptError
 from ..hookspecs import hookimpl
 from ..specs import Capabilities, StrategySpec
 from ..train.optim import param_groups
@@ -85,6 +87,41 @@ class FSDPStrategy(ShardedStrategy):
         optimizer = FSDPOptimizerWrapper(optimizer, model)
         scheduler = scheduler_factory(optimizer.optim) if scheduler_factory is not None else None
         return model, optimizer, scheduler
+
+    def save(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """``model/`` through the plugin (full, sharded files); ``optimizer/rank{R}.pt``
+        this rank's own optimizer state over its shard (FSDP's full optimizer state dict
+        drops the state of a parameter whose shard is empty on rank 0, so a gathered
+        state would not resume exactly); ``lr_scheduler.pt``. Same world size to load."""
+        import torch
+        import torch.distributed as dist
+
+        d = Path(ckpt_dir)
+        self.booster.save_model(model, str(d / "model"), shard=True)
+        (d / "optimizer").mkdir(parents=True, exist_ok=True)
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        torch.save(optimizer.optim.state_dict(), d / "optimizer" / f"rank{rank}.pt")
+        if lr_scheduler is not None:
+            self.booster.save_lr_scheduler(lr_scheduler, str(d / "lr_scheduler.pt"))
+
+    def load(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """Inverse of :meth:`save` (same world size and sharding).
+
+        Raises:
+            CptError: this rank's optimizer file is missing (another world size).
+        """
+        import torch
+        import torch.distributed as dist
+
+        d = Path(ckpt_dir)
+        self.booster.load_model(model, str(d / "model"))
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        path = d / "optimizer" / f"rank{rank}.pt"
+        if not path.is_file():
+            raise CptError(f"{path}: missing optimizer state for rank {rank} (checkpoint from another world size?)")
+        optimizer.optim.load_state_dict(torch.load(path, weights_only=True))
+        if lr_scheduler is not None:
+            self.booster.load_lr_scheduler(lr_scheduler, str(d / "lr_scheduler.pt"))
 
     def clip_and_step(self, optimizer: Any, max_norm: float) -> float:
         fsdp = optimizer.model.module  # FSDPOptimizerWrapper -> TorchFSDPModel -> FSDP

@@ -92,6 +92,10 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
         0-dim fp32 tensor: the summed loss in nats (divide by the token count for a
         mean); exactly 0 when no position carries a label (never NaN).
     """
+    if type(logits) is not torch.Tensor:
+        # a tensor subclass (Gemini's ColoTensor) would route the custom backward through
+        # its __torch_function__ hooks, which rescale it; a plain view keeps the graph
+        logits = logits.as_subclass(torch.Tensor)
     target = shifted_targets(labels.to(logits.device))
     return _ChunkedCrossEntropy.apply(logits, target, int(chunk_tokens))
 
