@@ -4,8 +4,8 @@ plan, the process layout, parameter counts and a per-rank memory estimate, and e
 without training.
 
 Without ``--data`` the dry run plans anyway (row length assumed); a data folder that is
-given must exist and match the tokenizer, as for the run. No process group, no weights: the model is built on PyTorch's ``meta`` device from its
-``config.json`` (LoRA adapters and ``--freeze`` applied the same way training does), so
+given must exist and match the tokenizer, as for the run. No process group, no weights:
+the model is built on PyTorch's ``meta`` device from its ``config.json`` (LoRA adapters and ``--freeze`` applied the same way training does), so
 a 70B model's plan prints in seconds on a laptop.
 """
 

@@ -177,7 +177,8 @@ def check_capabilities(name: str, caps: Capabilities, config: RunConfig) -> None
 
     Raises:
         ConfigError: ``NAME: LoRA is not supported: REASON`` (likewise embedding noise,
-            ``training.freeze``; :func:`cptcore.train.parallel.check_combination`), or ``NAME: REASON`` for a GPU-only strategy without CUDA.
+            ``training.freeze``; :func:`cptcore.train.parallel.check_combination`), or
+            ``NAME: REASON`` for a GPU-only strategy without CUDA.
     """
     refuse = {key: caps.why_not.get(key, "use 'ddp' or disable it")
               for key in ("lora", "noise", "freeze") if not getattr(caps, key)}

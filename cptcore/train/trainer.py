@@ -1,8 +1,9 @@
 """The :class:`Trainer`: one training run, as methods a custom loop may override or reuse.
 
 Built from a :class:`~cptcore.train.plan.Plan` (what :func:`~cptcore.train.plan.precheck`
-validated, once) and the plugin manager; the process group must exist
-(:func:`cptcore.train.launch.init_distributed`). ``fit()`` is what ``cpt train`` runs::
+validated, once) and the plugin manager; :meth:`Trainer.setup` creates the process group
+if none exists (:func:`cptcore.train.launch.init_distributed`: torchrun's environment,
+or one local process). ``fit()`` is what ``cpt train`` runs::
 
     trainer = Trainer(precheck(config, pm), pm).setup()   # strategy, data, model, noise, wrap, resume
     trainer.fit()                                         # steps -> evaluate / checkpoint -> export
@@ -44,6 +45,7 @@ from ..registries import call_provider
 from . import build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Loader, collate, eval_batches
+from .launch import init_distributed
 from .metrics import Progress, make_loggers, peak_memory_mb, truncate_jsonl
 from .optim import scheduler_factory
 from .plan import check_batches, log
@@ -147,10 +149,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Trainer":
-        """Build, in this order (the RNG order bit-exact resume relies on): strategy,
+        """Build, in this order (the RNG order bit-exact resume relies on): process
+        group (if none), strategy,
         training data and resolved ``OUT/config.yaml``, seed, model, noise, wrap
         (optimizer after the model), eval sets, resume. Returns ``self``."""
         t = self.config.training
+        init_distributed(t.seed)  # idempotent: a no-op under cpt train / torchrun
         self.strategy = self.build_strategy()
         self.loader_data = self.build_data()
         if self.plan.train and rank() == 0:
