@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 import typer.core
@@ -12,6 +12,9 @@ import typer.core
 from ..errors import CptError
 from ..plugins import make_plugin_manager
 from .listing import add_listing_commands
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
 
 # The click that typer raises: vendored as ``typer._click`` since typer 0.2x, the
 # ``click`` package before; found through a public typer name so both work (click is
@@ -83,7 +86,7 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-def make_app(pm: Any) -> typer.Typer:
+def make_app(pm: "CptPluginManager") -> typer.Typer:
     """Build the ``cpt`` Typer app for plugin manager ``pm``.
 
     The core adds ``plugins`` and one listing command per registry; every other command

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
 from ..errors import ConfigError
 from .app import is_rank_zero
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
 
 
 def overrides_from_flags(**flags: Any) -> dict:
@@ -33,7 +36,7 @@ def overrides_from_flags(**flags: Any) -> dict:
     return out
 
 
-def register(app: typer.Typer, pm: Any) -> None:
+def register(app: typer.Typer, pm: "CptPluginManager") -> None:
     @app.command("train")
     def train_command(
         config: Optional[Path] = typer.Option(None, "--config", help="Run config YAML."),

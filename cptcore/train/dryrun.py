@@ -53,7 +53,7 @@ def world_size(nproc_per_node: int | None, nnodes: int = 1) -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def meta_model(config: Any, pm: Any) -> Any:
+def meta_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
     """The configured model (LoRA and freeze applied) on the ``meta`` device: shapes and
     ``requires_grad`` only, no memory, no weights read (an HF folder's ``config.json``,
     or a GGUF file's metadata)."""
@@ -145,7 +145,7 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     echo("dry run: nothing trained (formulas: docs/strategies.md#memory-estimate)")
 
 
-def dry_run(config: Any, pm: Any, nproc_per_node: int | None = None, nnodes: int = 1,
+def dry_run(config: "RunConfig", pm: "CptPluginManager", nproc_per_node: int | None = None, nnodes: int = 1,
             echo: Callable[[str], None] = print) -> DryRun:
     """``cpt train --dry-run``: :func:`plan_dry_run` then :func:`render`."""
     result = plan_dry_run(config, pm, world_size(nproc_per_node, nnodes))

@@ -6,7 +6,11 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from .plan import Choice
 
 
 def peak_memory_mb(device: Any = None) -> float:
@@ -21,7 +25,7 @@ def peak_memory_mb(device: Any = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_loggers(choices: Sequence[Any], log_dir: Path, config: Any) -> list:
+def make_loggers(choices: Sequence["Choice"], log_dir: Path, config: "RunConfig") -> list:
     """Create the planned loggers (:attr:`cptcore.train.plan.Plan.loggers`: spec and
     parsed options each). Call on rank 0 only. ``create(log_dir, config, options)``; a
     ``create`` that takes two arguments gets no options (a logger without options)."""

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
 from ..compat import colossalai_cpu
 from ..contract import IGNORE_INDEX
 from ..errors import ConfigError
 from .optim import param_groups, strip_names
+
+if TYPE_CHECKING:
+    from ..config import OptimizerConfig
 
 #: ``loss_fn(logits, batch) -> (loss_sum 0-dim fp32 tensor, token count)``
 LossFn = Callable[[Any, Mapping[str, Any]], "tuple[Any, int]"]
@@ -95,7 +98,7 @@ class Strategy(Protocol):
     def setup(self) -> None:
         """Once, after the process group exists."""
 
-    def wrap(self, model: Any, optimizer_config: Any,
+    def wrap(self, model: Any, optimizer_config: "OptimizerConfig",
              scheduler_factory: Callable[[Any], Any] | None) -> tuple[Any, Any, Any]:
         """Wrap ``model``, then build the optimizer (``optimizer_config``: a
         :class:`cptcore.config.OptimizerConfig`) over what it trains and the LR scheduler
@@ -216,7 +219,7 @@ class BoosterStrategy:
         """The optimizer over ``param_groups`` (see :func:`cptcore.train.optim.param_groups`)."""
         return self.optimizer_factory(param_groups, opt_cfg)
 
-    def wrap(self, model: Any, optimizer_config: Any,
+    def wrap(self, model: Any, optimizer_config: "OptimizerConfig",
              scheduler_factory: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
         """:meth:`Strategy.wrap` for Booster plugins: the optimizer over
         :func:`~cptcore.train.optim.param_groups` of ``model`` (decay / no decay), then
