@@ -248,7 +248,13 @@ class Trainer:
         return batch
 
     def next_batches(self) -> tuple[list[dict], bool]:
-        """One step's micro-batches from the loader, and whether an epoch ended among them."""
+        """One step's micro-batches from the loader, and whether an epoch ended among them.
+
+        Raises:
+            CptError: the plan has no training data.
+        """
+        if self.loader is None:
+            raise CptError("no training data in the plan (data.train): pass your own batches to train_step")
         batches, epoch_end = [], False
         for _ in range(self.plan.accumulation):
             batch, ended = self.loader.next()
@@ -382,6 +388,8 @@ class Trainer:
         t0 = time.time()
         if self.strategy is None:
             self.setup()
+        if self.loader is None:
+            raise CptError("Trainer.fit() needs training data (data.train); call train_step(batches) with your own")
         t, resumed = self.config.training, self.plan.resume is not None
         tokens_at_start = self.state.tokens_seen
         loggers = []
