@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 
 .PHONY: install demo test test-fast docs clean
 
-$(BIN)/cpt: pyproject.toml contrib/cptcore-example-template/pyproject.toml
+$(BIN)/cpt: pyproject.toml contrib/cptcore-example-template/pyproject.toml contrib/cptcore-zloss/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev]" -e contrib/cptcore-example-template
+	$(BIN)/pip install -e ".[dev]" -e contrib/cptcore-example-template -e contrib/cptcore-zloss
 	touch $(BIN)/cpt
 
-install: $(BIN)/cpt  ## create .venv and install cptcore (+ dev tools, + the contrib example plugin)
+install: $(BIN)/cpt  ## create .venv and install cptcore (+ dev tools, + the contrib example plugins)
 
 demo: install  ## the main job: SmolLM2-135M continual pretraining on bundled Chinese text, on CPU
 	$(BIN)/cpt quickstart

@@ -15,7 +15,7 @@ and the useful-token fraction (non-pad tokens / slots) of every packer at max_le
 Usage::
 
     python benchmarks/prepare.py                       # bundled real text (~1.9 MB)
-    python benchmarks/prepare.py --corpus /work/shared/data/zh_law.jsonl --num-proc 2
+    python benchmarks/prepare.py --corpus PATH/TO/corpus.jsonl --num-proc 2   # your own, larger JSONL
 """
 
 from __future__ import annotations

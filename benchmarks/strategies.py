@@ -2,9 +2,9 @@
 
 Every strategy trains the same random-init LLaMA on the same synthetic global batch
 (``--rows`` rows of ``--seq`` tokens per optimizer step, split over the data-parallel
-ranks) under ``torchrun`` with ``--nproc`` ranks, driven through the library exactly as
-``cpt train`` drives it (``build_strategy`` -> ``make_optimizer`` -> ``boost`` ->
-``forward_backward`` -> ``clip_and_step``). Each run does ``--steps`` optimizer steps;
+ranks) under ``torchrun`` with ``--nproc`` ranks, driven by the same
+:class:`~cptcore.train.trainer.Trainer` as ``cpt train`` (``precheck`` -> ``setup`` ->
+``train_step``: ``strategy.wrap`` -> ``forward_backward`` -> ``clip_and_step``). Each run does ``--steps`` optimizer steps;
 the first ``--skip`` are warm-up; the figure is the median of the rest, each step timed
 between two barriers on rank 0.
 
@@ -61,34 +61,33 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
+    from transformers import LlamaForCausalLM
+
     from cptcore.config import load_config
     from cptcore.plugins import make_plugin_manager
-    from cptcore.train import build
     from cptcore.train.launch import init_distributed
-    from cptcore.train.optim import param_groups, scheduler_factory, strip_names
-    from cptcore.train.strategy import count_label_tokens
+    from cptcore.train.plan import precheck
+    from cptcore.train.trainer import Trainer
 
     name, *sets = args.run
-    dp_rows = args.rows
     overrides = {"strategy.name": name, "model.path": args.model, "training.out_dir": str(Path(args.out).parent),
-                 "training.max_steps": args.steps, "training.micro_batch_size": args.rows}
+                 "training.max_steps": args.steps, "training.micro_batch_size": args.rows, "training.seed": 0,
+                 "checkpointing.resume": "auto"}
     config = load_config(None, overrides=overrides, sets=sets)
     rank, world = init_distributed(0)
     on_gpu = torch.cuda.is_available()
     rss_floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    strategy = build.build_strategy(config, make_plugin_manager(entrypoints=False))
-    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
-    if on_gpu:
-        model = model.cuda()
-    opt = strategy.make_optimizer(strip_names(param_groups(model, 0.1)), config.optimizer)
-    model, opt, sched, _ = strategy.boost(model, opt, scheduler_factory(config.schedule, args.steps))
-    model.train()
+    class BenchTrainer(Trainer):
+        def build_model(self):
+            model = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
+            return model.cuda() if on_gpu else model
+
+    pm = make_plugin_manager(entrypoints=False)
+    trainer = BenchTrainer(precheck(config, pm, world, need_data=False), pm).setup()
+    strategy = trainer.strategy
+    n_params = sum(p.numel() for p in trainer.hf_model.parameters())
     dp_rows = args.rows // strategy.dp_size
-    device = strategy.device
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -96,17 +95,12 @@ def worker(args: argparse.Namespace) -> None:
         g = torch.Generator().manual_seed(step)
         ids = torch.randint(0, MODEL["vocab_size"], (args.rows, args.seq), generator=g)
         rows = slice(strategy.dp_rank * dp_rows, (strategy.dp_rank + 1) * dp_rows)
-        batch = {"input_ids": ids[rows].to(device), "labels": ids[rows].to(device),
-                 "position_ids": torch.arange(args.seq).repeat(dp_rows, 1).to(device)}
-        n = count_label_tokens(ids)
+        batch = {"input_ids": ids[rows], "labels": ids[rows], "position_ids": torch.arange(args.seq).repeat(dp_rows, 1)}
         dist.barrier()
         if on_gpu:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        strategy.forward_backward(model, opt, batch, strategy.dp_size / n)
-        strategy.clip_and_step(opt, 1.0)
-        sched.step()
-        opt.zero_grad()
+        trainer.train_step([batch])
         if on_gpu:
             torch.cuda.synchronize()
         dist.barrier()
@@ -131,7 +125,7 @@ def worker(args: argparse.Namespace) -> None:
                 result["mfu"] = 6 * n_params * result["tokens_per_s"] / (peak * world)
         Path(args.out).write_text(json.dumps(result))
     dist.barrier()
-    del model, opt, strategy
+    del trainer, strategy
     dist.destroy_process_group()
 
 

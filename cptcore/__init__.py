@@ -10,7 +10,7 @@ from __future__ import annotations
 from .errors import ConfigError, CptError, DataError, PluginError, RegistryError
 from .hookspecs import PROJECT, hookimpl
 from .plugins import make_plugin_manager
-from .specs import ChatTemplate, LoggerSpec, NoiseSpec, PackerSpec, Segment, StrategySpec
+from .specs import Capabilities, ChatTemplate, LoggerSpec, NoiseSpec, ObjectiveSpec, PackerSpec, Segment, StrategySpec
 
 __version__ = "0.1.0"
 
@@ -20,8 +20,10 @@ __all__ = [
     "ConfigError",
     "CptError",
     "DataError",
+    "Capabilities",
     "LoggerSpec",
     "NoiseSpec",
+    "ObjectiveSpec",
     "PackerSpec",
     "PluginError",
     "RegistryError",

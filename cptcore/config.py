@@ -80,6 +80,8 @@ class TrainingConfig:
     freeze: str = "none"  # none | non-embeddings
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     eval_batches: int | None = None  # cap on eval micro-batches; None = all
+    objective: str = "causal_lm"  # training objective (cpt objectives)
+    objective_options: dict[str, Any] = field(default_factory=dict)  # checked by the objective plugin
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class LoggingConfig:
     loggers: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])
     log_every: int = 1
     progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # logger name -> its options (checked by the logger)
 
 
 @dataclass(frozen=True)
@@ -117,17 +120,17 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
-<<<<<<< HEAD
 class EvalConfig:
     # NAME -> largest allowed bpb increase over step 0 on that retained set (bits/byte)
     budget: dict[str, float] = field(default_factory=dict)
     on_budget: str = "warn"  # warn | stop | keep_best (checked against data.eval on load)
-=======
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     # plugin .py files the run loaded (cpt --plugin), recorded as {"path": absolute,
     # "sha256": hex}; loaded again on resume, and a changed file is refused
     files: list[dict[str, str]] = field(default_factory=list)
->>>>>>> misc
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,8 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-<<<<<<< HEAD
     eval: EvalConfig = field(default_factory=EvalConfig)
-=======
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
->>>>>>> misc
     # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -157,9 +157,8 @@ class RunConfig:
             if f.name == "sources":
                 continue
             section = dataclasses.asdict(getattr(self, f.name))
-            extras = section.pop("options", None)
-            if extras:
-                section.update(extras)
+            if f.name in _OPEN_SECTIONS:
+                section.update(section.pop("options", None) or {})
             out[f.name] = section
         return out
 
@@ -266,7 +265,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str, sources: Mapping[s
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         src = _source_of(dotted, sources)
-        if key not in names or key == "options":
+        if key not in names or (key == "options" and section in _OPEN_SECTIONS):
             if section in _OPEN_SECTIONS:
                 options[key] = value
                 continue

@@ -174,6 +174,25 @@ def cpt_register_executors() -> list:
 
 
 @hookspec
+def cpt_register_objectives() -> list:
+    """Register training objectives, selected with ``training.objective`` /
+    ``--objective NAME`` (built-in: ``causal_lm``).
+
+    Called: once per ``cpt train`` / ``cpt objectives``, when the registry is built.
+    Returns: ``list[ObjectiveSpec]`` (or ``None``). ``loss(logits, batch, options)``
+    returns ``(loss_sum, token_count)``: a summed (never averaged) fp32 loss and the
+    tokens it covers; ``count(batch)`` gives that count before the forward.
+
+    Example::
+
+        @hookimpl
+        def cpt_register_objectives():
+            return [ObjectiveSpec(name="z_loss", loss=z_loss, count=count_label_tokens,
+                                  options=ZLossOptions)]
+    """
+
+
+@hookspec
 def cpt_register_commands(app: Any, pm: Any) -> None:
     """Add commands to the ``cpt`` CLI.
 

@@ -19,8 +19,9 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
+from . import builtin_plugins, hookspecs
 from .errors import PluginError
+from .registries import build_registry
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 
@@ -89,8 +90,6 @@ class CptPluginManager(pluggy.PluginManager):
         """The :class:`~cptcore.registry.Registry` for ``key`` ("strategies", "noise",
         "packers", "templates", "loggers"), built on first use and cached."""
         if key not in self._registries:
-            from .registries import build_registry
-
             self._registries[key] = build_registry(self, key)
         return self._registries[key]
 
@@ -106,8 +105,6 @@ def _strict() -> bool:
 def builtin_modules() -> list[str]:
     """Dotted names of the built-in plugin modules (every public module of
     ``cptcore.builtin_plugins``), sorted so registration order is reproducible."""
-    from . import builtin_plugins
-
     return sorted(
         f"{builtin_plugins.__name__}.{m.name}"
         for m in pkgutil.iter_modules(builtin_plugins.__path__)

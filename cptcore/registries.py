@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PluginError
 from .registry import Registry
 from .specs import REGISTRY_KINDS, RegistryKind
+
+if TYPE_CHECKING:
+    import pluggy
 
 
 def registry_kind(key: str) -> RegistryKind:
@@ -16,7 +19,7 @@ def registry_kind(key: str) -> RegistryKind:
     raise KeyError(key)
 
 
-def build_registry(pm: Any, key: str) -> Registry:
+def build_registry(pm: "pluggy.PluginManager", key: str) -> Registry:
     """Call every implementation of ``kind.hook`` and collect the specs.
 
     Raises:
@@ -40,7 +43,7 @@ def build_registry(pm: Any, key: str) -> Registry:
     return registry
 
 
-def call_provider(pm: Any, hook_name: str, **kwargs: Any) -> Any:
+def call_provider(pm: "pluggy.PluginManager", hook_name: str, **kwargs: Any) -> Any:
     """Call a firstresult provider hook; ``None`` from every implementation is an error.
 
     Raises:

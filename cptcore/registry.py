@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterator, Mapping, TypeVar
 
+from .config import parse_options
 from .errors import RegistryError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 T = TypeVar("T")
 
@@ -53,6 +57,27 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         return self.entry(name).spec
+
+    def resolve(self, name: str, values: Mapping[str, Any] | None = None, *, config: "RunConfig | None" = None,
+                section: str = "") -> tuple[T, Any]:
+        """The one options path of every registry: ``name`` -> ``(spec, options)``, with
+        the spec's ``preset`` (if it has one) under the user's ``values``, parsed into the
+        spec's options dataclass by :func:`cptcore.config.parse_options`.
+
+        Args:
+            values: the user's options for this plugin (e.g. ``config.strategy.options``).
+            config, section: where the values came from, for error messages
+                (``section`` is the dotted prefix, e.g. ``"logging.options.mlflow"``).
+
+        Raises:
+            RegistryError: unknown name (did-you-mean). ConfigError: unknown option or
+                wrong type, naming the key and its source.
+        """
+        spec = self.get(name)
+        merged = {**dict(getattr(spec, "preset", None) or {}), **dict(values or {})}
+        options = parse_options(getattr(spec, "options", None), merged, owner=f"{self.singular} '{spec.name}'",
+                                config=config, section=section)
+        return spec, options
 
     def entry(self, name: str) -> Entry[T]:
         key = self._aliases.get(name, name)

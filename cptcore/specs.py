@@ -18,14 +18,41 @@ from typing import Any, Callable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a strategy (for given options) can do, declared once on its spec and
+    checked once, by :func:`cptcore.train.plan.precheck`, before any heavy work.
+
+    Attributes:
+        lora, noise, freeze: trains LoRA adapters / embedding noise / ``--freeze``.
+        cpu: runs without CUDA.
+        pipeline: pipeline parallel (the step goes through the 1F1B schedule).
+        sharded_checkpoint: each rank writes its own shard of the state.
+        why_not: feature name (``"lora"``, ``"noise"``, ``"freeze"``, ``"cpu"``) ->
+            the one-line reason shown when the user asks for it anyway.
+    """
+
+    lora: bool = True
+    noise: bool = True
+    freeze: bool = True
+    cpu: bool = True
+    pipeline: bool = False
+    sharded_checkpoint: bool = False
+    why_not: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     """A parallel training strategy (a ColossalAI Booster plugin and how to drive it).
 
     Attributes:
         name: registry name, e.g. ``"ddp"``, ``"zero2"``, ``"hybrid3d"``.
-        build: ``build(options, config) -> cptcore.train.strategy.Strategy``; called once
-            per process after the process group exists. ``options`` is an instance of
-            ``options`` (or ``None``), ``config`` the resolved :class:`cptcore.config.RunConfig`.
+        build: ``build(options, config) -> Strategy`` (the protocol in
+            :mod:`cptcore.train.strategy`; ColossalAI plugins return a
+            ``BoosterStrategy``); called once per process after the process group
+            exists. ``options`` is an instance of ``options`` (or ``None``), ``config``
+            the resolved :class:`cptcore.config.RunConfig`.
+        capabilities: a :class:`Capabilities`, or ``f(options) -> Capabilities`` when
+            they depend on the options (``hybrid3d`` with ``pp_size > 1``).
         options: dataclass of the strategy's options (ColossalAI argument names where
             one exists: ``tp_size``, ``pp_size``, ``zero_stage``, ``cpu_offload``...).
         validate: ``validate(options, config, world_size, model_config) -> None``: pure
@@ -44,6 +71,12 @@ class StrategySpec:
     validate: Callable[..., None] | None = None
     aliases: tuple[str, ...] = ()
     preset: Mapping[str, Any] = field(default_factory=dict)
+    capabilities: Any = Capabilities()
+
+    def capabilities_for(self, options: Any) -> Capabilities:
+        """:attr:`capabilities` resolved for ``options``."""
+        caps = self.capabilities
+        return caps(options) if callable(caps) else caps
 
 
 @dataclass(frozen=True)
@@ -56,11 +89,48 @@ class NoiseSpec:
             noise and returns an object with ``remove()`` that detaches it. The noise
             must be active only when ``model.training`` is true.
         options: dataclass of options (e.g. ``alpha: float = 5.0``).
+        batch_fields: the per-row facts the noise needs, as batch keys (e.g.
+            ``("position_ids", "lengths")``). Before every forward the Trainer calls
+            ``handle.observe({key: batch[key] for key in batch_fields})`` with those
+            tensors (``[micro_batch, seq]`` / ``[micro_batch]`` int64, on the device);
+            nothing is set on the model.
     """
 
     name: str
     attach: Callable[..., Any]
     description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+    batch_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A training objective: what a micro-batch's loss is (``training.objective``,
+    ``--objective NAME``; built-in ``causal_lm``).
+
+    Attributes:
+        name: registry name, e.g. ``"causal_lm"``.
+        loss: ``loss(logits, batch, options) -> (loss_sum, token_count)``. ``logits``
+            ``[micro_batch, seq, vocab]`` (the model's dtype), ``batch`` the collated
+            tensors on the device; returns a 0-dim fp32 tensor (the *sum* of per-token
+            losses in nats, differentiable) and the number of tokens it is summed over
+            (int). The Trainer divides by the token count of the whole accumulated
+            batch over all ranks (token-weighted), so the objective never averages.
+        count: ``count(batch) -> int``: the token count ``loss`` will return, computed
+            before the forward (the Trainer all-reduces it before the first backward).
+        columns: the prepared-data columns it reads (checked against the folders).
+        collate: ``collate(rows, pad_id, block_mask, mask_dtype) -> batch`` (default
+            :func:`cptcore.train.data.collate`) or ``None`` for the default.
+        options: dataclass of options (``--set training.objective_options.KEY=VALUE``).
+    """
+
+    name: str
+    loss: Callable[..., Any]
+    count: Callable[..., int]
+    description: str = ""
+    columns: tuple[str, ...] = ("input_ids", "labels", "position_ids")
+    collate: Callable[..., Any] | None = None
     options: type | None = None
     aliases: tuple[str, ...] = ()
 
@@ -137,9 +207,12 @@ class LoggerSpec:
 
     Attributes:
         name: registry name, e.g. ``"tensorboard"``.
-        create: ``create(log_dir: pathlib.Path, config) -> logger``; a logger has
-            ``log(metrics: dict[str, float], step: int)`` and ``close()``. Called on
-            rank 0 only.
+        create: ``create(log_dir: pathlib.Path, config, options) -> logger``; a logger
+            has ``log(metrics: dict[str, float], step: int)`` and ``close()``. Called on
+            rank 0 only. ``options`` is an instance of ``options`` built from
+            ``logging.options.NAME`` (or ``None``). A two-argument ``create(log_dir,
+            config)`` (no options) is accepted too.
+        options: dataclass of the logger's options (``--set logging.options.NAME.KEY=V``).
     """
 
     name: str
@@ -247,4 +320,5 @@ REGISTRY_KINDS: Sequence[RegistryKind] = (
     RegistryKind("filters", "cpt_register_filters", "filter", "filters"),  # cpt clean
     RegistryKind("executors", "cpt_register_executors", "executor", "executors"),  # cpt prepare/clean --executor
     RegistryKind("embedding_inits", "cpt_register_embedding_inits", "embedding init", "embedding-inits"),
+    RegistryKind("objectives", "cpt_register_objectives", "objective", "objectives"),
 )

@@ -1,54 +1,47 @@
-"""A custom training loop on cptcore's building blocks (model, data, strategy, noise).
+"""A custom training loop on cptcore's Trainer: its parts, your loop.
 
     python examples/custom_trainer.py run.yaml [--set training.max_steps=5 ...]
 
-Builds everything from a run config and the plugin manager, then runs its own plain loop
-with token-weighted gradient accumulation. Prints one loss per optimizer step.
+``precheck`` validates the config once and returns the plan; ``Trainer.setup()`` builds
+strategy, data, model, noise, optimizer and scheduler from it (and resumes with
+``--set checkpointing.resume=auto``). The loop below replaces ``Trainer.fit()``: one
+line per optimizer step, an extra early stop, evaluation every 10 steps, a checkpoint
+and an export at the end. ``train_step`` is the same step ``cpt train`` runs.
 """
 
 import sys
 
-import torch
-
 from cptcore import make_plugin_manager
 from cptcore.config import load_config
-from cptcore.model.load import load_tokenizer
-from cptcore.train import build
-from cptcore.train.data import Loader, block_causal_mask
 from cptcore.train.launch import init_distributed
-from cptcore.train.optim import param_groups, scheduler_factory, strip_names
-from cptcore.train.strategy import count_label_tokens
+from cptcore.train.plan import precheck
+from cptcore.train.trainer import Trainer
+
+
+class LoudTrainer(Trainer):
+    def train_step(self, batches):  # an override: wrap the one step with your own logic
+        metrics = super().train_step(batches)
+        if metrics.grad_norm > 100:
+            print(f"  large gradient norm {metrics.grad_norm:.1f} at step {self.state.step}", flush=True)
+        return metrics
 
 
 def main(argv):
-    sets = [a for a in argv[1:] if a != "--set"]
-    cfg = load_config(argv[0], sets=sets)
+    config = load_config(argv[0], sets=[a for a in argv[1:] if a != "--set"])
     pm = make_plugin_manager()
-    init_distributed(cfg.training.seed)
-    strategy = build.build_strategy(cfg, pm)  # a Strategy around a ColossalAI Booster
-    tokenizer = load_tokenizer(cfg.model)
-    data, sampler, manifests = build.build_data(cfg, tokenizer, strategy.dp_size, strategy.dp_rank)
-    torch.manual_seed(cfg.training.seed)
-    model = build.build_model(cfg, pm)  # cpt_build_model (+ LoRA wrapper, freeze policy)
-    hf_model = model
-    build.attach_noise(cfg, pm, model)  # e.g. NEFTune when noise.name is set
-    opt = strategy.make_optimizer(strip_names(param_groups(model, cfg.optimizer.weight_decay)), cfg.optimizer)
-    model, opt, sched, _ = strategy.boost(model, opt, scheduler_factory(cfg.schedule, cfg.training.max_steps))
-    loader = Loader(data, sampler, manifests[0]["pad_id"], block_mask=False)
-    accum = cfg.training.accumulation_steps
-    model.train()
-    for step in range(1, cfg.training.max_steps + 1):
-        batches = [loader.next()[0] for _ in range(accum)]
-        n = sum(count_label_tokens(b["labels"]) for b in batches)  # one rank: no all_reduce needed
-        total = 0.0
-        for i, b in enumerate(batches):
-            b["attention_mask"] = block_causal_mask(b["position_ids"], torch.float32)
-            hf_model.cpt_real_lengths = b["lengths"]
-            total += float(strategy.forward_backward(model, opt, b, strategy.dp_size / n, sync=i == accum - 1))
-        strategy.clip_and_step(opt, cfg.optimizer.grad_clip)
-        sched.step()
-        opt.zero_grad()
-        print(f"step {step} loss {total / n:.4f}", flush=True)
+    plan = precheck(config, pm)  # every check, once; raises a one-line CptError
+    init_distributed(config.training.seed)
+    trainer = LoudTrainer(plan, pm).setup()
+    while trainer.state.step < config.training.max_steps:
+        batches, _ = trainer.next_batches()
+        m = trainer.train_step(batches)
+        print(f"step {trainer.state.step} lr {m.lr:.2e} tokens {m.tokens} loss {m.loss:.4f}", flush=True)
+        if trainer.state.step % 10 == 0 and trainer.eval_sets:
+            print(f"  eval {trainer.evaluate()}", flush=True)
+        if m.loss < 0.05:  # a stop rule of your own
+            break
+    trainer.save_checkpoint()
+    print(f"exported to {trainer.export()}", flush=True)
 
 
 if __name__ == "__main__":

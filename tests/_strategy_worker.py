@@ -1,6 +1,7 @@
 """torchrun worker for tests/test_strategies_*.py: drives one strategy through the
-library (build_strategy -> make_optimizer -> boost -> forward_backward/clip_and_step ->
-save/load -> unwrap) on a tiny LLaMA and writes what it saw as JSON.
+:class:`~cptcore.train.trainer.Trainer` (precheck -> setup -> train_step ->
+save_checkpoint / load_checkpoint -> evaluate -> unwrapped) on a tiny LLaMA and writes
+what it saw as JSON.
 
     torchrun --nproc_per_node 2 tests/_strategy_worker.py MODEL_DIR OUT_JSON STRATEGY [k=v ...]
 
@@ -8,8 +9,8 @@ Data: a deterministic global batch of ``GLOBAL_ROWS`` rows per micro-step (seede
 step and micro-step); each data-parallel rank takes its slice, so every strategy sees
 the same global batch whatever its dp size. Run: STEPS optimizer steps of ACCUM
 micro-batches, checkpoint after SAVE_AT steps and measure a fixed probe batch's loss
-right after saving; then fresh model/optimizer/strategy objects load the checkpoint,
-re-measure the probe loss and replay the remaining steps.
+right after saving; then a fresh Trainer (model, optimizer, strategy) loads the
+checkpoint, re-measures the probe loss and replays the remaining steps.
 """
 
 from __future__ import annotations
@@ -39,95 +40,75 @@ def main() -> None:
     import torch.distributed as dist
     from transformers import LlamaForCausalLM
 
+    from cptcore.builtin_plugins.lora import add_lora
     from cptcore.config import load_config
     from cptcore.plugins import make_plugin_manager
-    from cptcore.train import build
+    from cptcore.train.build import apply_freeze
     from cptcore.train.launch import init_distributed
-    from cptcore.train.optim import param_groups, scheduler_factory, strip_names
+    from cptcore.train.plan import precheck
     from cptcore.train.strategy import count_label_tokens, token_loss_sum
+    from cptcore.train.trainer import Trainer
 
     model_dir, out_json, name, *sets = sys.argv[1:]
     out_dir = os.path.dirname(out_json)
     overrides = {"strategy.name": name, "model.path": model_dir, "training.out_dir": out_dir,
                  "training.max_steps": STEPS, "optimizer.lr": 1e-2, "schedule.warmup_steps": 1,
-                 "training.accumulation_steps": ACCUM}
+                 "training.accumulation_steps": ACCUM, "training.seed": 0, "checkpointing.resume": "auto"}
     config = load_config(None, overrides=overrides, sets=sets)
     rank, world = init_distributed(0)
-    pm = make_plugin_manager(entrypoints=False)
+    pm = make_plugin_manager(entrypoints=False, files=os.environ.get("CPT_TEST_PLUGINS", "").split())
+
+    class WorkerTrainer(Trainer):
+        """The model straight from the folder (no cpt_build_model), fp32."""
+
+        def build_model(self):
+            model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+            apply_freeze(model, config.training.freeze)
+            return add_lora(model, config.lora) if config.lora.enabled else model
 
     def fresh():
-        strategy = build.build_strategy(config, pm)
-        torch.manual_seed(0)
-        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-        build.apply_freeze(model, config.training.freeze)
-        if config.lora.enabled:
-            from cptcore.builtin_plugins.lora import add_lora
+        trainer = WorkerTrainer(precheck(config, pm, world, need_data=False), pm).setup()
+        trainer.eval_sets = {"probe": lambda: [batch_for(99, 0, VOCAB, trainer.strategy.dp_size, trainer.strategy.dp_rank)]}
+        return trainer
 
-            model = add_lora(model, config.lora)
-        opt = strategy.make_optimizer(strip_names(param_groups(model, config.optimizer.weight_decay)), config.optimizer)
-        model, opt, sched, _ = strategy.boost(model, opt, scheduler_factory(config.schedule, STEPS))
-        model.train()
-        return strategy, model, opt, sched
+    def run_step(trainer, step):
+        s = trainer.strategy
+        m = trainer.train_step([batch_for(step, i, VOCAB, s.dp_size, s.dp_rank) for i in range(ACCUM)])
+        return m.loss, m.grad_norm, m.lr
 
-    def reduce(values, group):
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, group=group)
-        return t.tolist()
+    def probe(trainer):
+        return trainer.evaluate()["eval_loss"]
 
-    def run_step(strategy, model, opt, sched, step):
-        batches = [batch_for(step, i, VOCAB, strategy.dp_size, strategy.dp_rank) for i in range(ACCUM)]
-        (n,) = reduce([float(sum(count_label_tokens(b["labels"]) for b in batches))], strategy.dp_group)
-        loss = 0.0
-        for i, b in enumerate(batches):
-            loss += float(strategy.forward_backward(model, opt, b, strategy.dp_size / n, sync=i == ACCUM - 1))
-        norm = strategy.clip_and_step(opt, config.optimizer.grad_clip)
-        sched.step()
-        opt.zero_grad()
-        (total,) = reduce([loss], strategy.dp_group)
-        return total / n, norm
-
-    def probe(strategy, model):
-        b = batch_for(99, 0, VOCAB, strategy.dp_size, strategy.dp_rank)
-        model.eval()
-        with torch.no_grad():
-            s = float(token_loss_sum(strategy.forward(model, b), b["labels"]))
-        model.train()
-        c = count_label_tokens(b["labels"])
-        total, count = reduce([s, float(c)], strategy.dp_group)
-        return total / count
-
-    strategy, model, opt, sched = fresh()
-    result = {"strategy": name, "dp": strategy.dp_size, "losses": [], "norms": [], "lrs": []}
-    ckpt = os.path.join(out_dir, "ckpt")
+    trainer = fresh()
+    result = {"strategy": name, "dp": trainer.strategy.dp_size, "losses": [], "norms": [], "lrs": []}
     for step in range(STEPS):
-        result["lrs"].append(sched.get_last_lr()[0])
-        loss, norm = run_step(strategy, model, opt, sched, step)
+        loss, norm, lr = run_step(trainer, step)
         result["losses"].append(loss)
         result["norms"].append(norm)
+        result["lrs"].append(lr)
         if step + 1 == SAVE_AT:
-            strategy.save(ckpt, model, opt, sched)
-            dist.barrier()
-            result["probe_at_save"] = probe(strategy, model)
-    full = strategy.unwrap(model)
+            ckpt = trainer.save_checkpoint()
+            result["probe_at_save"] = probe(trainer)
+    full = trainer.unwrapped()
     result["export_probe"] = None
     if rank == 0:
         b = batch_for(99, 0, VOCAB, 1, 0)
         with torch.no_grad():
             logits = full.float()(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits
         result["export_probe"] = float(token_loss_sum(logits, b["labels"])) / count_label_tokens(b["labels"])
-    result["probe_final"] = probe(strategy, model)
+    result["probe_final"] = probe(trainer)
     dist.barrier()
 
-    strategy, model, opt, sched = fresh()
-    strategy.load(ckpt, model, opt, sched)
-    result["probe_after_load"] = probe(strategy, model)
-    result["resumed_lr"] = sched.get_last_lr()[0]
-    result["resumed_losses"] = [run_step(strategy, model, opt, sched, s)[0] for s in range(SAVE_AT, STEPS)]
+    trainer = fresh()  # checkpointing.resume=auto: setup() loads OUT/checkpoints/step-SAVE_AT
+    assert trainer.state.step == SAVE_AT and trainer.plan.resume == ckpt, (trainer.state.step, trainer.plan.resume)
+    result["probe_after_load"] = probe(trainer)
+    result["resumed_lr"] = trainer.scheduler.get_last_lr()[0]
+    result["resumed_losses"] = [run_step(trainer, s)[0] for s in range(SAVE_AT, STEPS)]
     if rank == 0:
         with open(out_json, "w") as fh:
             json.dump(result, fh, indent=1)
     dist.barrier()
-    del model, opt, strategy
+    del trainer
     dist.destroy_process_group()
 
 

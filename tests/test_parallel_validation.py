@@ -8,7 +8,7 @@ import pytest
 from cptcore.config import load_config
 from cptcore.errors import ConfigError
 from cptcore.train import parallel
-from cptcore.train.build import validate_strategy
+from cptcore.train.plan import validate_strategy
 
 LLAMA = {"num_attention_heads": 8, "num_key_value_heads": 4, "num_hidden_layers": 6}
 

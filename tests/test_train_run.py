@@ -182,8 +182,11 @@ def test_accumulation_gradient_equals_global_token_mean(env):
         lab2[:, :9] = -100  # 2 label tokens vs 11
         b2 = {"input_ids": ids[1:], "position_ids": torch.arange(12)[None], "labels": lab2}
         n = count_label_tokens(b1["labels"]) + count_label_tokens(b2["labels"])
-        s.forward_backward(boosted, opt, b1, 1 / n, sync=False)
-        s.forward_backward(boosted, opt, b2, 1 / n, sync=True)
+        def loss_fn(logits, b):
+            return token_loss_sum(logits, b["labels"]), count_label_tokens(b["labels"])
+
+        s.forward_backward(boosted, opt, b1, loss_fn, 1 / n, sync=False)
+        s.forward_backward(boosted, opt, b2, loss_fn, 1 / n, sync=True)
         got = [p.grad.clone() for p in model.parameters()]
         opt.zero_grad()
         ref_model = AutoModelForCausalLM.from_pretrained(env["model"])

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from ..cli.prepare import make_prepare_app
 from ..hookspecs import hookimpl
 
 
 @hookimpl
 def cpt_register_commands(app, pm):
-    from ..cli.prepare import make_prepare_app
-
     app.add_typer(make_prepare_app(pm), name="prepare")

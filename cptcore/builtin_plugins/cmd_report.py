@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from ..cli.report import register
 from ..hookspecs import hookimpl
 
 
 @hookimpl
 def cpt_register_commands(app, pm):
-    from ..cli.report import register
-
     register(app)

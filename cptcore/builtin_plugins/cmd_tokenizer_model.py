@@ -4,13 +4,12 @@ import-gguf) command groups (code in :mod:`cptcore.cli.tokenizer` and
 
 from __future__ import annotations
 
+from ..cli.model import make_model_app
+from ..cli.tokenizer import make_tokenizer_app
 from ..hookspecs import hookimpl
 
 
 @hookimpl
 def cpt_register_commands(app, pm):
-    from ..cli.model import make_model_app
-    from ..cli.tokenizer import make_tokenizer_app
-
     app.add_typer(make_tokenizer_app(), name="tokenizer")
     app.add_typer(make_model_app(pm), name="model")

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
+from ..cli.train import register
 from ..hookspecs import hookimpl
 
 
 @hookimpl
 def cpt_register_commands(app, pm):
-    from ..cli.train import register
-
     register(app, pm)

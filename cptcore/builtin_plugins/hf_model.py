@@ -4,10 +4,9 @@ file, through :func:`cptcore.model.load.load_model`."""
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from ..model.load import load_model
 
 
 @hookimpl(trylast=True)
 def cpt_build_model(config):
-    from ..model.load import load_model
-
     return load_model(config.model, precision=config.strategy.precision)

@@ -1,6 +1,19 @@
 """Built-in noise ``neftune``: uniform noise on the input embeddings while training
 (Jain et al. 2023, "NEFTune: Noisy Embeddings Improve Instruction Finetuning", Alg. 1).
 
+Scaling on packed rows: per document. Algorithm 1 scales the noise of one training
+instance by ``alpha / sqrt(L * d)`` with ``L`` that instance's length. Hugging Face's
+implementation (``transformers.trainer_utils.neftune_post_forward_hook``, which TRL's
+``SFTTrainer`` uses through ``neftune_noise_alpha``) takes ``L`` = the padded batch
+length ``output.size(1)``: right for one unpadded instance per row, but a row packing
+``k`` documents gets about ``sqrt(k)`` less noise per document than each would alone. So
+``L`` here is the length of each token's document, read from ``position_ids`` (documents
+start where ``position_ids == 0``; a document continued from the previous row counts
+its part in this row), and the trailing padding (past ``lengths``) gets no noise. The
+Trainer hands these per-row fields over through the spec's declared ``batch_fields``
+(``handle.observe``), never through an attribute on the model. Without them (the hook
+used outside the Trainer) ``L`` is the row length, as in HF.
+
 Also wraps ``cpt_save`` to detach every active noise hook of the saved model while it is
 written, then re-attach it.
 """
@@ -35,31 +48,49 @@ class _Handle:
         self.model = model
         self.alpha = alpha
         self._hook = None
+        self._fields: dict = {}
         self.reattach()
         _ACTIVE[id(self)] = self
+
+    def observe(self, fields) -> None:
+        """The next forward's per-row fields (the spec's ``batch_fields``):
+        ``position_ids`` int64 ``[B, S]`` and ``lengths`` int64 ``[B]`` (non-pad tokens)."""
+        self._fields = dict(fields)
+
+    def token_lengths(self, B: int, S: int, device) -> tuple:
+        """``(L, keep)``: float32 ``[B, S]`` length of each token's document and a bool
+        ``[B, S]`` mask of the tokens that get noise (not trailing padding)."""
+        import torch
+
+        pos = self._fields.get("position_ids")
+        lengths = self._fields.get("lengths")
+        if pos is None or tuple(pos.shape) != (B, S):
+            L = torch.full((B, S), float(S), device=device)
+        else:
+            doc = torch.cumsum((pos == 0).long(), dim=1).to(device)  # [B, S] document index (0: continued)
+            counts = torch.zeros(B, S + 1, device=device).scatter_add_(1, doc, torch.ones(B, S, device=device))
+            L = counts.gather(1, doc)
+        keep = torch.ones(B, S, dtype=torch.bool, device=device)
+        if lengths is not None and len(lengths) == B:
+            keep = torch.arange(S, device=device)[None, :] < lengths.to(device)[:, None]
+        return L, keep
 
     def _noise(self, module, inputs, output):
         """Forward hook on the input embedding: ``output`` ``[B, S, d]`` float.
 
-        Magnitude per sample ``alpha / sqrt(L * d)`` with ``d`` the hidden size and ``L``
-        the sample's *real* length: ``model.cpt_real_lengths`` (int64 ``[B]``, set by the
-        training loop before each forward: the number of non-pad tokens of the row - for a
-        packed row all its documents together, not the padded length). Without it, ``L``
-        is the row length ``S``. Noise ~ U(-mag, mag), added only when ``module.training``.
+        Magnitude per token ``alpha / sqrt(L * d)``, ``d`` the hidden size and ``L`` the
+        length of the token's document (:meth:`token_lengths`); noise ~ U(-mag, mag),
+        none on trailing padding, added only when ``module.training``.
         """
         import torch
 
         if not module.training or self.alpha == 0:
             return output
         B, S, d = output.shape
-        lengths = getattr(self.model, "cpt_real_lengths", None)
-        if lengths is None or len(lengths) != B:
-            L = torch.full((B,), float(S), device=output.device)
-        else:
-            L = lengths.to(device=output.device, dtype=torch.float32).clamp(min=1)
-        mag = (self.alpha / torch.sqrt(L * d)).to(output.dtype).view(B, 1, 1)
+        L, keep = self.token_lengths(B, S, output.device)
+        mag = (self.alpha / torch.sqrt(L * d)) * keep
         noise = torch.empty_like(output).uniform_(-1, 1)
-        return output + noise * mag
+        return output + noise * mag.to(output.dtype).unsqueeze(-1)
 
     def remove(self):
         if self._hook is not None:
@@ -99,7 +130,8 @@ def cpt_register_noise():
             name="neftune",
             attach=attach_neftune,
             options=NEFTuneOptions,
-            description="NEFTune: uniform embedding noise alpha/sqrt(L*d), training mode only (Jain et al. 2023)",
+            batch_fields=("position_ids", "lengths"),
+            description="NEFTune: uniform embedding noise alpha/sqrt(L*d), L per packed document; training only (Jain et al. 2023)",
         )
     ]
 

@@ -4,11 +4,10 @@ safetensors, config, generation config and tokenizer, via :func:`cptcore.train.e
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from ..train.export import save_hf
 
 
 @hookimpl(trylast=True)
 def cpt_save(model, out_dir, config, tokenizer):
-    from ..train.export import save_hf
-
     merge = bool(config.lora.merge_on_export) if config is not None else True
     return save_hf(model, out_dir, tokenizer, merge_lora=merge)

@@ -6,9 +6,14 @@ Every rank holds the full model and optimizer; gradients are all-reduced (averag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
 from ..specs import StrategySpec
+from ..train.strategy import BoosterStrategy
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -22,11 +27,9 @@ class DDPOptions:
     static_graph: bool = False
 
 
-def build_ddp(options: DDPOptions | None, config) -> object:
-    """Build the ``ddp`` :class:`~cptcore.train.strategy.Strategy` (process group must exist)."""
+def build_ddp(options: DDPOptions | None, config: "RunConfig") -> BoosterStrategy:
+    """Build the ``ddp`` :class:`~cptcore.train.strategy.BoosterStrategy` (process group must exist)."""
     from colossalai.booster.plugin import TorchDDPPlugin
-
-    from ..train.strategy import Strategy
 
     opts = options or DDPOptions()
     plugin = TorchDDPPlugin(
@@ -36,7 +39,7 @@ def build_ddp(options: DDPOptions | None, config) -> object:
         gradient_as_bucket_view=opts.gradient_as_bucket_view,
         static_graph=opts.static_graph,
     )
-    return Strategy(plugin, name="ddp", precision=config.strategy.precision)
+    return BoosterStrategy(plugin, name="ddp", precision=config.strategy.precision)
 
 
 @hookimpl

@@ -23,9 +23,18 @@ fp16 only. LoRA is refused (``GeminiPlugin.enable_lora`` raises NotImplementedEr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..compat import colossalai_cpu
+from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..specs import StrategySpec
+from ..specs import Capabilities, StrategySpec
+from ..train.parallel import check_precision, make_layout
+from ..train.sharded import ShardedStrategy, plugin_max_norm
+
+if TYPE_CHECKING:
+    from ..config import OptimizerConfig, RunConfig
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,9 @@ class GeminiOptions:
     enable_async_reduce: bool = True
 
 
-def validate_gemini(options: GeminiOptions | None, config, world_size: int, model_config) -> None:
-    """Pure checks: placement, fractions in [0, 1], bf16/fp16 only, no LoRA; ``auto``
-    is refused on a machine without CUDA (imports torch only for that case)."""
-    from ..errors import ConfigError
-    from ..train.parallel import check_combination, check_precision, make_layout
+def validate_gemini(options: GeminiOptions | None, config: "RunConfig", world_size: int, model_config) -> None:
+    """Pure checks: placement, fractions in [0, 1], bf16/fp16 only (LoRA and CPU:
+    the spec's capabilities)."""
 
     opts = options or GeminiOptions()
     name = config.strategy.name
@@ -60,38 +67,33 @@ def validate_gemini(options: GeminiOptions | None, config, world_size: int, mode
         raise ConfigError(f"{name}: offload_param_frac > 0 needs offload_optim_frac=1.0 (GeminiPlugin rule)")
     make_layout(name, world_size)
     check_precision(name, config.strategy.precision, ("bf16", "fp16"), "Gemini keeps fp32 master chunks for half-precision training only")
-    check_combination(name, lora=config.lora.enabled,
-                      refuse={"lora": "GeminiPlugin.enable_lora is not implemented in ColossalAI 0.5.0; use zero2 or ddp"})
-    if opts.placement_policy == "auto":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"{name}: placement_policy=auto needs CUDA (Gemini measures CUDA memory to place chunks); "
-                f"use gemini (static) on CPU"
-            )
 
 
-def _make_strategy_class():
-    from ..train.sharded import ShardedStrategy
-
-    class GeminiStrategy(ShardedStrategy):
-        """Saves Gemini's fp32 master chunks (this rank's shards, in parameter order)
-        beside the checkpoint: with gradient accumulation Gemini's own checkpoint
-        restores the masters from the half-precision weights, which rounds them."""
-
-        @staticmethod
-        def _masters(optimizer):
-            chunks = []
-            for chunk16 in optimizer.param_to_chunk16.values():
-                if all(chunk16 is not c for c in chunks):
-                    chunks.append(chunk16)
-            return [c.paired_chunk.payload for c in chunks if c.paired_chunk is not None]
-
-    return GeminiStrategy
+def capabilities(options: GeminiOptions | None) -> Capabilities:
+    """No LoRA; ``placement_policy=auto`` needs CUDA."""
+    why = {"lora": "GeminiPlugin.enable_lora is not implemented in ColossalAI 0.5.0; use zero2 or ddp"}
+    auto = (options or GeminiOptions()).placement_policy == "auto"
+    if auto:
+        why["cpu"] = ("placement_policy=auto needs CUDA (Gemini measures CUDA memory to place chunks); "
+                      "use gemini (static) on CPU")
+    return Capabilities(lora=False, cpu=not auto, sharded_checkpoint=True, why_not=why)
 
 
-def hybrid_adam_factory(param_groups: list[dict], opt_cfg) -> object:
+class GeminiStrategy(ShardedStrategy):
+    """Saves Gemini's fp32 master chunks (this rank's shards, in parameter order)
+    beside the checkpoint: with gradient accumulation Gemini's own checkpoint
+    restores the masters from the half-precision weights, which rounds them."""
+
+    @staticmethod
+    def _masters(optimizer: Any) -> list:
+        chunks: list = []
+        for chunk16 in optimizer.param_to_chunk16.values():
+            if all(chunk16 is not c for c in chunks):
+                chunks.append(chunk16)
+        return [c.paired_chunk.payload for c in chunks if c.paired_chunk is not None]
+
+
+def hybrid_adam_factory(param_groups: list[dict], opt_cfg: "OptimizerConfig") -> Any:
     """HybridAdam in AdamW mode over ``param_groups`` (each with its ``weight_decay``).
 
     On CPU its step runs through the pure-torch CPU Adam op installed by
@@ -102,14 +104,9 @@ def hybrid_adam_factory(param_groups: list[dict], opt_cfg) -> object:
                       weight_decay=opt_cfg.weight_decay, adamw_mode=True)
 
 
-def build_gemini(options: GeminiOptions | None, config) -> object:
+def build_gemini(options: GeminiOptions | None, config: "RunConfig") -> GeminiStrategy:
     """Build the Gemini :class:`~cptcore.train.sharded.ShardedStrategy`."""
-    from pathlib import Path
-
     from colossalai.booster.plugin import GeminiPlugin
-
-    from ..compat import colossalai_cpu
-    from ..train.sharded import plugin_max_norm
 
     colossalai_cpu.apply()  # HybridAdam needs the CPU Adam op before the optimizer is built
     opts = options or GeminiOptions()
@@ -128,12 +125,11 @@ def build_gemini(options: GeminiOptions | None, config) -> object:
         kwargs.update(shard_param_frac=opts.shard_param_frac, offload_optim_frac=opts.offload_optim_frac,
                       offload_param_frac=opts.offload_param_frac)
     plugin = GeminiPlugin(**kwargs)
-    return _make_strategy_class()(
+    return GeminiStrategy(
         plugin,
         name=config.strategy.name,
         precision=config.strategy.precision,
         optimizer_factory=hybrid_adam_factory,
-        supports_lora=False,
         save_master_weights=True,
         strict_load=False,  # tied lm_head.weight: written by the sharded saver, "unexpected" to the loader
         gather_dir=Path(config.training.out_dir) / ".gather",
@@ -142,7 +138,7 @@ def build_gemini(options: GeminiOptions | None, config) -> object:
 
 @hookimpl
 def cpt_register_strategies():
-    common = dict(build=build_gemini, options=GeminiOptions, validate=validate_gemini)
+    common = dict(build=build_gemini, options=GeminiOptions, validate=validate_gemini, capabilities=capabilities)
     return [
         StrategySpec(name="gemini", preset={"placement_policy": "static"},
                      description="Gemini (chunked ZeRO-3, static placement; bf16/fp16) with HybridAdam", **common),

@@ -31,9 +31,17 @@ noise for the same activations).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..specs import StrategySpec
+from ..specs import Capabilities, StrategySpec
+from ..train.parallel import check_microbatches, check_model, check_precision, make_layout
+from ..train.sharded import PipelineStrategy, ShardedStrategy, plugin_max_norm
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,9 @@ def _sizes(opts: Hybrid3DOptions) -> tuple[int, int, int | None, str | None]:
     return opts.tp_size, opts.pp_size, opts.sp_size, opts.sequence_parallelism_mode
 
 
-def validate_hybrid3d(options: Hybrid3DOptions | None, config, world_size: int, model_config) -> None:
+def validate_hybrid3d(options: Hybrid3DOptions | None, config: "RunConfig", world_size: int, model_config) -> None:
     """Pure checks (no process group): layout divides the world, micro-batching, ZeRO
-    stage vs pipeline, precision, model shape, and refused combinations."""
-    from ..errors import ConfigError
-    from ..train.parallel import (check_combination, check_microbatches, check_model, check_precision,
-                                  make_layout)
+    stage vs pipeline, precision, model shape (LoRA and noise: :func:`capabilities`)."""
 
     opts = options or Hybrid3DOptions()
     name = config.strategy.name
@@ -100,25 +105,29 @@ def validate_hybrid3d(options: Hybrid3DOptions | None, config, world_size: int, 
     if mode == "ring_attn" and not opts.enable_flash_attention:
         raise ConfigError(f"{name}: sequence_parallelism_mode=ring_attn needs enable_flash_attention=true (GPU with flash-attn)")
     check_model(name, model_config, tp=tp, pp=pp, sp=layout.sp, sp_mode=mode)
-    refuse = {"lora": "ShardFormer cannot shard a peft-wrapped model (ColossalAI enable_lora needs tp_size=1 and no pipeline); use zero2 or ddp"}
-    if pp > 1:
-        refuse["noise"] = f"with pp_size={pp} the embedding runs on the first stage only and per-sample lengths do not cross stages"
-    elif tp > 1:
-        refuse["noise"] = f"with tp_size={tp} each TP rank would draw different noise for the same activations"
-    check_combination(name, lora=config.lora.enabled, noise=bool(config.noise.name), refuse=refuse)
 
 
-def build_hybrid3d(options: Hybrid3DOptions | None, config) -> object:
+def capabilities(options: Hybrid3DOptions | None) -> Capabilities:
+    """No LoRA; no embedding noise with ``pp_size > 1`` or ``tp_size > 1``; a pipeline
+    when ``pp_size > 1``."""
+    opts = options or Hybrid3DOptions()
+    why = {"lora": "ShardFormer cannot shard a peft-wrapped model (ColossalAI enable_lora needs tp_size=1 and no "
+                   "pipeline); use zero2 or ddp"}
+    if opts.pp_size > 1:
+        why["noise"] = (f"with pp_size={opts.pp_size} the embedding runs on the first stage only and per-sample "
+                        "lengths do not cross stages")
+    elif opts.tp_size > 1:
+        why["noise"] = f"with tp_size={opts.tp_size} each TP rank would draw different noise for the same activations"
+    return Capabilities(lora=False, noise="noise" not in why, pipeline=opts.pp_size > 1, sharded_checkpoint=True,
+                        why_not=why)
+
+
+def build_hybrid3d(options: Hybrid3DOptions | None, config: "RunConfig") -> ShardedStrategy:
     """Build the hybrid :class:`~cptcore.train.sharded.ShardedStrategy` (or
     :class:`~cptcore.train.sharded.PipelineStrategy` when ``pp_size > 1``)."""
-    from pathlib import Path
-
     import torch
     import torch.distributed as dist
     from colossalai.booster.plugin import HybridParallelPlugin
-
-    from ..errors import ConfigError
-    from ..train.sharded import PipelineStrategy, ShardedStrategy, plugin_max_norm
 
     opts = options or Hybrid3DOptions()
     on_gpu = torch.cuda.is_available()
@@ -153,8 +162,6 @@ def build_hybrid3d(options: Hybrid3DOptions | None, config) -> object:
         dp_group=plugin.dp_group,
         dp_size=plugin.dp_size,
         dp_rank=dist.get_rank(plugin.dp_group),
-        supports_lora=False,
-        supports_noise=pp == 1 and tp == 1,
         save_master_weights=config.strategy.precision != "fp32",
         gather_dir=Path(config.training.out_dir) / ".gather",
     )
@@ -172,6 +179,7 @@ def cpt_register_strategies():
             build=build_hybrid3d,
             options=Hybrid3DOptions,
             validate=validate_hybrid3d,
+            capabilities=capabilities,
             description="HybridParallelPlugin: tensor x pipeline x data (x sequence) parallel, optional ZeRO-1/2",
         )
     ]

@@ -14,9 +14,17 @@ On CPU, ``overlap_communication`` is forced off (``record_stream`` is CUDA-only,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..specs import StrategySpec
+from ..specs import Capabilities, StrategySpec
+from ..train.parallel import check_precision, make_layout
+from ..train.sharded import ShardedStrategy, plugin_max_norm
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -31,10 +39,8 @@ class ZeroOptions:
     master_weights: bool = True  # keep fp32 master weights for bf16/fp16
 
 
-def validate_zero(options: ZeroOptions | None, config, world_size: int, model_config) -> None:
+def validate_zero(options: ZeroOptions | None, config: "RunConfig", world_size: int, model_config) -> None:
     """Pure checks: stage in {1, 2}; precision; LoRA/freeze/noise are allowed."""
-    from ..errors import ConfigError
-    from ..train.parallel import check_precision, make_layout
 
     opts = options or ZeroOptions()
     name = config.strategy.name
@@ -46,14 +52,10 @@ def validate_zero(options: ZeroOptions | None, config, world_size: int, model_co
         raise ConfigError(f"{name}: initial_scale must be > 0, got {opts.initial_scale}")
 
 
-def build_zero(options: ZeroOptions | None, config) -> object:
+def build_zero(options: ZeroOptions | None, config: "RunConfig") -> ShardedStrategy:
     """Build the ZeRO :class:`~cptcore.train.sharded.ShardedStrategy` (process group must exist)."""
-    from pathlib import Path
-
     import torch
     from colossalai.booster.plugin import LowLevelZeroPlugin
-
-    from ..train.sharded import ShardedStrategy, plugin_max_norm
 
     opts = options or ZeroOptions()
     on_gpu = torch.cuda.is_available()
@@ -79,7 +81,8 @@ def build_zero(options: ZeroOptions | None, config) -> object:
 
 @hookimpl
 def cpt_register_strategies():
-    common = dict(build=build_zero, options=ZeroOptions, validate=validate_zero)
+    common = dict(build=build_zero, options=ZeroOptions, validate=validate_zero,
+                  capabilities=Capabilities(sharded_checkpoint=True))
     return [
         StrategySpec(name="zero1", preset={"stage": 1},
                      description="ZeRO-1 via LowLevelZeroPlugin: optimizer states sharded over ranks", **common),

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import click
 import typer
 import typer.core
 
 from ..errors import CptError
+from ..plugins import make_plugin_manager
+from .listing import add_listing_commands
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
+
+# The click that typer raises: vendored as ``typer._click`` since typer 0.2x, the
+# ``click`` package before; found through a public typer name so both work (click is
+# not a dependency of cptcore, nor of typer >= 0.2x).
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_click_exceptions = sys.modules[ClickException.__module__]
+EXITS = tuple({typer.Exit, getattr(_click_exceptions, "Exit", typer.Exit)})
+ABORTS = tuple({typer.Abort, getattr(_click_exceptions, "Abort", typer.Abort)})
 
 
 def is_rank_zero() -> bool:
@@ -38,6 +50,17 @@ def print_error(exc: BaseException) -> None:
     print("hint: set CPT_DEBUG=1 to see the traceback", file=sys.stderr)
 
 
+def print_usage_error(exc: Any) -> None:
+    """``error: <click's message, did-you-mean included> (try 'cpt CMD --help')`` in
+    one line on stderr (rank 0 only)."""
+    if not is_rank_zero():
+        return
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
+    print(f"error: {message}{hint}", file=sys.stderr)
+
+
 def debug() -> bool:
     return os.environ.get("CPT_DEBUG", "") not in ("", "0", "false", "no")
 
@@ -45,7 +68,7 @@ def debug() -> bool:
 class _CptGroup(typer.core.TyperGroup):
     """Turns a :class:`CptError` raised by any command into one line and exit status 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except CptError as exc:
@@ -63,7 +86,7 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-def make_app(pm: Any) -> typer.Typer:
+def make_app(pm: "CptPluginManager") -> typer.Typer:
     """Build the ``cpt`` Typer app for plugin manager ``pm``.
 
     The core adds ``plugins`` and one listing command per registry; every other command
@@ -90,8 +113,6 @@ def make_app(pm: Any) -> typer.Typer:
     ) -> None:
         """cptcore: continual pretraining and SFT of LLaMA-family models."""
 
-    from .listing import add_listing_commands
-
     add_listing_commands(app, pm)
     pm.hook.cpt_register_commands(app=app, pm=pm)
     return app
@@ -116,8 +137,6 @@ def run(argv: list[str] | None = None) -> int:
 
     Returns the process exit status.
     """
-    from ..plugins import make_plugin_manager
-
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         pm = make_plugin_manager(files=plugin_files_from_argv(args))
@@ -130,12 +149,12 @@ def run(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="cpt", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except EXITS as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except ClickException as exc:  # usage errors: one line, exit status 2
+        print_usage_error(exc)
         return exc.exit_code
-    except click.exceptions.Abort:
+    except ABORTS:
         print("Aborted!", file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0

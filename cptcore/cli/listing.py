@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from ..data.sft import check_template_tokens, segments_to_text
+from ..data.tokenize import IGNORE, encode_with_spans, load_tokenizer
 from ..errors import CptError
+from ..registry import Registry
 from ..specs import REGISTRY_KINDS
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
+    from ..specs import RegistryKind
 
 
 def _option_summary(spec: Any) -> str:
@@ -35,7 +42,7 @@ def _option_summary(spec: Any) -> str:
     return ", ".join(parts)
 
 
-def provided_names(pm: Any) -> tuple[dict[str, list[str]], list[str]]:
+def provided_names(pm: "CptPluginManager") -> tuple[dict[str, list[str]], list[str]]:
     """``{plugin name: ["strategy ddp", ...]}`` over all registries, and registry errors."""
     provided: dict[str, list[str]] = {}
     errors: list[str] = []
@@ -50,7 +57,7 @@ def provided_names(pm: Any) -> tuple[dict[str, list[str]], list[str]]:
     return provided, errors
 
 
-def plugin_rows(pm: Any, hook: str | None = None) -> list[dict[str, Any]]:
+def plugin_rows(pm: "CptPluginManager", hook: str | None = None) -> list[dict[str, Any]]:
     """One dict per registered plugin (and per load failure) as shown by ``cpt plugins``."""
     provided, _ = provided_names(pm)
     rows = []
@@ -86,7 +93,7 @@ def plugin_rows(pm: Any, hook: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def add_listing_commands(app: typer.Typer, pm: Any) -> None:
+def add_listing_commands(app: typer.Typer, pm: "CptPluginManager") -> None:
     @app.command("plugins")
     def plugins_cmd(
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -95,8 +102,6 @@ def add_listing_commands(app: typer.Typer, pm: Any) -> None:
         """List loaded plugins: version, source, hooks implemented, names provided, load failures."""
         if hook is not None and not hasattr(pm.hook, hook):
             from types import SimpleNamespace
-
-            from ..registry import Registry
 
             hooks: Registry = Registry("hook")  # reuse its "did you mean" message
             for h in (n for n in dir(pm.hook) if n.startswith("cpt_")):
@@ -138,7 +143,7 @@ def _console():
     return console if console.is_terminal else Console(width=160)
 
 
-def registry_rows(pm: Any, key: str) -> list[dict[str, Any]]:
+def registry_rows(pm: "CptPluginManager", key: str) -> list[dict[str, Any]]:
     registry = pm.registry(key)
     return [
         {
@@ -161,7 +166,7 @@ SAMPLE_CONVERSATION = (
 )
 
 
-def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
+def show_template(pm: "CptPluginManager", name: str, tokenizer: str | None = None) -> None:
     """Print a sample conversation rendered by chat template ``name``; trained spans
     (assistant content + end-of-turn, which carry the loss) are highlighted in green,
     masked text is dim. With ``tokenizer``, also print the token count and how many
@@ -172,10 +177,6 @@ def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
     spec = pm.registry("templates").get(name)
     tok = None
     if tokenizer:
-        from ..data.tokenize import load_tokenizer
-
-        from ..data.sft import check_template_tokens
-
         tok = load_tokenizer(tokenizer)
         check_template_tokens(spec, tok)
     options = spec.options() if spec.options is not None else None
@@ -193,15 +194,12 @@ def show_template(pm: Any, name: str, tokenizer: str | None = None) -> None:
     console.print(f"[bold]template {spec.name}[/bold]: {legend}")
     console.print(text)
     if tok is not None:
-        from ..data.sft import segments_to_text
-        from ..data.tokenize import IGNORE, encode_with_spans
-
         full, spans = segments_to_text(segments)
         ids, labels, _ = encode_with_spans(tok, full, spans)
         console.print(f"{len(ids)} tokens, {sum(1 for x in labels if x != IGNORE)} carry loss")
 
 
-def _add_registry_command(app: typer.Typer, pm: Any, kind: Any) -> None:
+def _add_registry_command(app: typer.Typer, pm: "CptPluginManager", kind: "RegistryKind") -> None:
     if kind.key == "templates":
         def templates(
             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from .app import run
+
 
 def main() -> None:
-    from .app import run
-
     sys.exit(run())
 
 

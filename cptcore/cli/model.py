@@ -8,12 +8,13 @@ from typing import Any, Optional
 
 import typer
 
-from ..model.resize import DEFAULT_INIT  # torch-free
+from ..errors import CptError
+from ..model.gguf import import_gguf
+from ..model.resize import DEFAULT_INIT, resize_model_folder
+from ..model.resize_check import CheckOptions, UnsafeResizeError, print_check
 
 
 def _key_values(values: list[str], flag: str) -> dict[str, str]:
-    from ..errors import CptError
-
     out: dict[str, str] = {}
     for value in values:
         key, sep, val = value.partition("=")
@@ -42,9 +43,6 @@ def resize_command(
     from rich.console import Console
     from rich.table import Table
 
-    from ..model.resize import resize_model_folder
-    from ..model.resize_check import CheckOptions, UnsafeResizeError, print_check
-
     t0 = time.perf_counter()
     check = CheckOptions(retain=retain, domain=domain, max_tokens=check_tokens, max_kl=max_kl, allow_unsafe=allow_unsafe)
     try:
@@ -72,8 +70,6 @@ def import_gguf_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Convert a GGUF checkpoint into a Hugging Face folder (fp32 safetensors, fixed tokenizer)."""
-    from ..model.gguf import import_gguf
-
     t0 = time.perf_counter()
     import_gguf(file, out, overwrite=overwrite)
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")

@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from ..config import parse_set
 from ..errors import ConfigError
 
 
@@ -17,8 +18,6 @@ def _options(items: list[str] | None, section: str, allowed: tuple[str, ...]) ->
     Raises:
         ConfigError: an item names a section this command does not take.
     """
-    from ..config import parse_set
-
     out: dict[str, Any] = {}
     for item in items or []:
         key, value = parse_set(item)

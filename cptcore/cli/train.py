@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
 from ..errors import ConfigError
 from .app import is_rank_zero
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
 
 
 def overrides_from_flags(**flags: Any) -> dict:
@@ -20,7 +23,7 @@ def overrides_from_flags(**flags: Any) -> dict:
         "save_every": "checkpointing.save_every", "eval_every": "training.eval_every",
         "micro_batch_size": "training.micro_batch_size", "accumulation_steps": "training.accumulation_steps",
         "lr": "optimizer.lr", "seed": "training.seed", "resume": "checkpointing.resume",
-        "data": "data.train", "freeze": "training.freeze",
+        "data": "data.train", "freeze": "training.freeze", "objective": "training.objective",
     }
     out = {}
     for flag, key in mapping.items():
@@ -33,7 +36,7 @@ def overrides_from_flags(**flags: Any) -> dict:
     return out
 
 
-def register(app: typer.Typer, pm: Any) -> None:
+def register(app: typer.Typer, pm: "CptPluginManager") -> None:
     @app.command("train")
     def train_command(
         config: Optional[Path] = typer.Option(None, "--config", help="Run config YAML."),
@@ -53,13 +56,14 @@ def register(app: typer.Typer, pm: Any) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest checkpoint in OUT) or a checkpoint folder."),
         freeze: Optional[str] = typer.Option(None, "--freeze", help="none | non-embeddings."),
+        objective: Optional[str] = typer.Option(None, "--objective", help="Training objective (cpt objectives); default causal_lm."),
         nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="Start N ranks on this node (torchrun's agent runs in this process)."),
         nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (each runs this command with its --node-rank)."),
         node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1 (node 0 hosts the rendezvous)."),
         master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of node 0 (needed with --nnodes > 1)."),
         master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port on node 0 (default: free port on one node, 29500 on several)."),
         rendezvous_timeout: float = typer.Option(300.0, "--rendezvous-timeout", help="Seconds to wait for every node to join before failing with the missing node(s) named."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print layout, parameter counts and memory estimate; do not train."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Run every check the run makes, print the plan, layout, parameter counts and memory estimate; do not train."),
     ) -> None:
         """Train (continual pretraining or SFT) on prepared data; export to OUT/final."""
         from ..config import load_config
@@ -73,7 +77,7 @@ def register(app: typer.Typer, pm: Any) -> None:
             model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
             max_steps=max_steps, save_every=save_every, eval_every=eval_every,
             micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, lr=lr, seed=seed,
-            resume=resume, freeze=freeze,
+            resume=resume, freeze=freeze, objective=objective,
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
         from ..plugin_files import with_plugin_files

@@ -3,8 +3,8 @@
 ColossalAI's ``CpuAccelerator`` raises "not supported" for synchronisation, streams,
 seeding and cache control, and several plugins assume CUDA. Each patch (one module per
 gap family: ``cpu_accelerator``, ``cpu_zero``, ``cpu_pipeline``, ``cpu_fsdp``,
-``cpu_sp``) names the
-upstream gap it fills (file:line in colossalai 0.5.0, see ``/work/shared/COLOSSALAI_CPU.md``)
+``cpu_sp``) names the upstream gap it fills (file:line in colossalai 0.5.0; the list is
+in docs/strategies.md, "CPU support")
 and carries a ``has_gap()`` check, so it is applied only when the running version still
 has that gap. :func:`apply` is idempotent and does nothing when CUDA is available.
 

@@ -1,18 +1,24 @@
-"""Library entry points: build the pieces of a run from a RunConfig and a plugin manager.
+"""The parts of a run that the :class:`~cptcore.train.trainer.Trainer` builds from a
+:class:`~cptcore.train.plan.Plan`: model (with the freeze policy), noise, training data.
 
-A custom trainer (see ``examples/custom_trainer.py``) uses these and writes its own loop;
-``cpt train`` (:func:`cptcore.train.loop.train`) uses the same functions.
+A custom loop reuses these through the Trainer's ``build_*`` methods (see
+``examples/custom_trainer.py``); nothing here validates what the precheck validated.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import parse_options
 from ..errors import ConfigError
+from ..registries import call_provider
+from .data import MixedDataset, MixedSampler, open_dataset
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..plugins import CptPluginManager
+    from .plan import Choice, Plan
 
 FREEZE_CHOICES = ("none", "non-embeddings")
 
@@ -28,40 +34,6 @@ def model_config_dict(path: str) -> dict | None:
     except ValueError:
         return None
     return {k: cfg.get(k) for k in ("num_attention_heads", "num_key_value_heads", "num_hidden_layers", "hidden_size")}
-
-
-def strategy_spec_and_options(config: Any, pm: Any) -> tuple[Any, Any]:
-    """The chosen :class:`~cptcore.specs.StrategySpec` and its validated options
-    (preset applied under the user's). Cheap; no process group needed.
-
-    Raises:
-        RegistryError / ConfigError: unknown strategy or bad option.
-    """
-    spec = pm.registry("strategies").get(config.strategy.name)
-    values = {**dict(spec.preset), **config.strategy.options}
-    options = parse_options(spec.options, values, owner=f"strategy '{spec.name}'", config=config, section="strategy")
-    return spec, options
-
-
-def validate_strategy(config: Any, pm: Any, world_size: int | None = None) -> tuple[Any, Any]:
-    """Run the strategy's pure-arithmetic ``validate`` before any process group exists."""
-    spec, options = strategy_spec_and_options(config, pm)
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    if spec.validate is not None:
-        spec.validate(options, config, world, model_config_dict(config.model.path))
-    return spec, options
-
-
-def build_strategy(config: Any, pm: Any) -> Any:
-    """Build and set up the :class:`~cptcore.train.strategy.Strategy` (the process group
-    must exist: :func:`cptcore.train.launch.init_distributed`)."""
-    spec, options = validate_strategy(config, pm)
-    strategy = spec.build(options, config)
-    strategy.check_supported(
-        lora=config.lora.enabled, noise=bool(config.noise.name), freeze=config.training.freeze != "none"
-    )
-    strategy.setup()
-    return strategy
 
 
 def apply_freeze(model: Any, freeze: str) -> int:
@@ -86,54 +58,33 @@ def apply_freeze(model: Any, freeze: str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(config: Any, pm: Any) -> Any:
+def build_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
     """``cpt_build_model`` (built-in provider + wrappers such as LoRA), then the freeze
     policy. Seed torch first for reproducible adapter initialisation."""
-    from ..registries import call_provider
-
-    if config.lora.enabled and config.training.freeze != "none":
-        raise ConfigError("--freeze non-embeddings and lora.enabled exclude each other (use lora.train_embeddings)")
     model = call_provider(pm, "cpt_build_model", config=config)
     apply_freeze(model, config.training.freeze)
     return model
 
 
-def attach_noise(config: Any, pm: Any, model: Any) -> Any:
-    """Attach the configured noise (``noise.name``) to ``model``; returns the handle or None."""
-    if not config.noise.name:
-        return None
-    spec = pm.registry("noise").get(config.noise.name)
-    options = parse_options(spec.options, config.noise.options, owner=f"noise '{spec.name}'", config=config, section="noise")
-    return spec.attach(model, options)
+def attach_noise(choice: "Choice | None", model: Any) -> Any:
+    """Attach the planned noise to ``model``; returns the handle or None."""
+    return None if choice is None else choice.spec.attach(model, choice.options)
 
 
-def build_data(config: Any, tokenizer: Any, dp_size: int, dp_rank: int) -> tuple[Any, Any, list[dict]]:
-    """Open the training folders (memory-mapped), check manifests against the tokenizer,
-    and make the sampler.
-
-    Returns:
-        ``(MixedDataset, MixedSampler, manifests)``.
+def open_training_data(plan: "Plan", dp_size: int, dp_rank: int) -> tuple[MixedDataset, MixedSampler]:
+    """Open the planned training folders (memory-mapped) and make the sampler.
 
     Raises:
-        ConfigError: no training data; DataError: missing folder/manifest, tokenizer
-        mismatch, empty dataset.
+        DataError: not an Arrow folder, missing columns, empty.
     """
-    from .data import MixedDataset, MixedSampler, check_sources, open_dataset, parse_source
-
-    if not config.data.train:
-        raise ConfigError("no training data (use --data PATH[:WEIGHT] or data.train in the config)")
-    sources = [parse_source(s) for s in config.data.train]
-    manifests = check_sources(sources, tokenizer)
-    for src in [parse_source(s) for s in config.data.eval.values()]:
-        check_sources([src], tokenizer)
-    datasets = [open_dataset(s.path) for s in sources]
-    data = MixedDataset(datasets, [s.weight for s in sources])
-    sampler = MixedSampler(data, config.training.micro_batch_size, dp_size, dp_rank,
-                           seed=config.training.seed, shuffle=config.data.shuffle)
-    return data, sampler, manifests
+    columns = plan.objective.spec.columns
+    data = MixedDataset([open_dataset(s.path, columns) for s in plan.train], [s.weight for s in plan.train])
+    t = plan.config.training
+    sampler = MixedSampler(data, t.micro_batch_size, dp_size, dp_rank, seed=t.seed, shuffle=plan.config.data.shuffle)
+    return data, sampler
 
 
-def accumulation_steps(config: Any, seq_len: int | None, dp_size: int) -> int:
+def accumulation_steps(config: "RunConfig", seq_len: int | None, dp_size: int) -> int:
     """Micro-batches per optimizer step: ``training.accumulation_steps``, or, when
     ``training.global_batch_tokens`` is set, ``ceil(tokens / (micro_batch * seq_len * dp))``.
 

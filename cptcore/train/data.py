@@ -11,14 +11,17 @@ trailing pad span has its own positions from 0, pad id with label -100).
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+from ..contract import IGNORE_INDEX, REQUIRED_COLUMNS, Manifest
+from ..data.manifest import read_manifest as _read_manifest_file, tokenizer_vocab_hash
 from ..errors import ConfigError, DataError
 
-IGNORE_INDEX = -100
-REQUIRED_COLUMNS = ("input_ids", "labels", "position_ids")
+__all__ = ["IGNORE_INDEX", "REQUIRED_COLUMNS", "Manifest"]  # re-exported: the contract lives in cptcore.contract
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,6 @@ def parse_source(spec: str) -> Source:
     Raises:
         ConfigError: weight not a positive finite number; ``PATH:abc`` with PATH existing.
     """
-    import math
-    import os
-
     path, weight = spec, 1.0
     if ":" in spec and not os.path.exists(spec):
         head, tail = spec.rsplit(":", 1)
@@ -62,57 +62,51 @@ def read_manifest_any(folder: Path) -> dict:
     """
     if not folder.exists():
         raise DataError("prepared data folder not found", path=str(folder))
-    from ..data.manifest import read_manifest
-
-    manifest = read_manifest(folder)
-    return manifest if isinstance(manifest, dict) else _as_dict(manifest)
+    return dict(_read_manifest_file(folder))
 
 
-def _as_dict(obj: Any) -> dict:
-    import dataclasses
+def read_manifest(folder: Path) -> Manifest:
+    """The folder's manifest, typed (:class:`cptcore.contract.Manifest`).
 
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    return dict(vars(obj))
-
-
-def _manifest_tokenizer_hash(manifest: dict) -> str | None:
-    tok = manifest.get("tokenizer")
-    if isinstance(tok, dict):
-        return tok.get("vocab_hash") or tok.get("hash")
-    return manifest.get("tokenizer_vocab_hash") or manifest.get("vocab_hash")
+    Raises:
+        DataError: missing folder, missing or unreadable manifest.
+    """
+    return Manifest.from_dict(read_manifest_any(folder), folder)
 
 
-def check_sources(sources: Sequence[Source], tokenizer: Any) -> list[dict]:
-    """Check every folder exists, has a manifest and matches ``tokenizer``'s vocabulary
-    hash. Cheap (no Arrow opened). Returns the manifests.
+def check_sources(sources: Sequence[Source], tokenizer: Any, columns: Sequence[str] = REQUIRED_COLUMNS) -> list[Manifest]:
+    """Check every folder exists, has a manifest, matches ``tokenizer``'s vocabulary
+    hash and declares ``columns`` (what the objective reads). Cheap (no Arrow opened).
+    Returns the manifests.
 
     Raises:
         DataError: folder or manifest missing; "tokenizer mismatch" naming the folder and
-            both hashes.
+            both hashes; 0 rows; a column the objective needs is missing.
     """
-    from ..data.manifest import tokenizer_vocab_hash
-
     want = tokenizer_vocab_hash(tokenizer)
     manifests = []
     for src in sources:
-        manifest = read_manifest_any(src.path)
-        have = _manifest_tokenizer_hash(manifest)
+        manifest = read_manifest(src.path)
+        have = manifest.vocab_hash
         if have is not None and have != want:
-            info = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else {}
-            made_with = f"tokenizer {info['name_or_path']} ({info.get('vocab_size')} tokens), " if info.get("name_or_path") else ""
+            made_with = (f"tokenizer {manifest.tokenizer_name} ({manifest.vocab_size} tokens), "
+                         if manifest.tokenizer_name else "")
             raise DataError(
                 f"tokenizer mismatch: data was prepared with {made_with}vocab hash {have}; the model's tokenizer "
                 f"({len(tokenizer)} tokens) has {want}: prepare the data again with the model's tokenizer",
                 path=str(src.path),
             )
-        if manifest.get("packs") == 0:  # found here, before the model is loaded
+        if manifest.rows == 0:  # found here, before the model is loaded
             raise DataError("empty dataset (0 rows)", path=str(src.path))
+        missing = [c for c in columns if c not in (*REQUIRED_COLUMNS, *manifest.columns)]
+        if missing:
+            raise DataError(f"the objective needs columns {missing}, the folder has {list(manifest.columns)}",
+                            path=str(src.path))
         manifests.append(manifest)
     return manifests
 
 
-def open_dataset(folder: Path) -> Any:
+def open_dataset(folder: Path, columns: Sequence[str] = REQUIRED_COLUMNS) -> Any:
     """``datasets.load_from_disk`` (memory-mapped) with the row schema checked.
 
     Raises:
@@ -130,12 +124,13 @@ def open_dataset(folder: Path) -> Any:
         if "train" not in ds:
             raise DataError("DatasetDict without a 'train' split", path=str(folder))
         ds = ds["train"]
-    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    wanted = list(dict.fromkeys([*REQUIRED_COLUMNS, *columns]))
+    missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         raise DataError(f"missing columns {missing} (has {ds.column_names})", path=str(folder))
     if len(ds) == 0:
         raise DataError("empty dataset (0 rows)", path=str(folder))
-    return ds.with_format("numpy", columns=list(REQUIRED_COLUMNS))
+    return ds.with_format("numpy", columns=wanted)
 
 
 class MixedDataset:
@@ -320,29 +315,33 @@ class Loader:
     """Iterates micro-batches for this rank from a :class:`MixedSampler` (no worker
     processes and no use of the global RNG, so resuming replays RNG exactly)."""
 
-    def __init__(self, data: MixedDataset, sampler: MixedSampler, pad_id: int | None, block_mask: bool, mask_dtype: Any = None):
+    def __init__(self, data: MixedDataset, sampler: MixedSampler, pad_id: int | None, block_mask: bool, mask_dtype: Any = None,
+                 collate_fn: Callable[..., dict] | None = None):
         self.data = data
         self.sampler = sampler
         self.pad_id = pad_id
         self.block_mask = block_mask
         self.mask_dtype = mask_dtype
+        self.collate_fn = collate_fn or collate
 
     def next(self) -> tuple[dict, bool]:
         """``(batch, epoch_ended)``."""
         pairs, last = self.sampler.next_batch()
         rows = [self.data.get(s, r) for s, r in pairs]
-        return collate(rows, self.pad_id, self.block_mask, self.mask_dtype), last
+        return self.collate_fn(rows, self.pad_id, self.block_mask, self.mask_dtype), last
 
 
 def eval_batches(folders: Sequence[Path], micro_batch_size: int, dp_size: int, dp_rank: int,
                  pad_id: int | None, block_mask: bool, limit: int | None = None,
-                 mask_dtype: Any = None) -> Iterator[dict]:
+                 mask_dtype: Any = None, collate_fn: Callable[..., dict] | None = None,
+                 columns: Sequence[str] = REQUIRED_COLUMNS) -> Iterator[dict]:
     """Held-out micro-batches for this rank, in order, covering every row once (the last
     global batch may be short; a rank with no rows left yields nothing). ``limit`` caps
     the micro-batches per rank."""
+    collate_fn = collate_fn or collate
     count = 0
     for folder in folders:
-        ds = open_dataset(folder)
+        ds = open_dataset(folder, columns)
         n = len(ds)
         step = micro_batch_size * dp_size
         for start in range(0, n, step):
@@ -354,12 +353,13 @@ def eval_batches(folders: Sequence[Path], micro_batch_size: int, dp_size: int, d
                 return
             rows = [ds[i] for i in range(lo, hi)]
             count += 1
-            yield collate(rows, pad_id, block_mask, mask_dtype)
+            yield collate_fn(rows, pad_id, block_mask, mask_dtype)
 
 
-def seq_length(manifests: Sequence[dict]) -> int | None:
+def seq_length(manifests: Sequence[Manifest | dict]) -> int | None:
     """The largest ``max_length`` named by the manifests (None when none say)."""
-    lengths = [m.get("max_length") for m in manifests if isinstance(m.get("max_length"), int)]
+    lengths = [m.max_length if isinstance(m, Manifest) else m.get("max_length") for m in manifests]
+    lengths = [n for n in lengths if isinstance(n, int)]
     return max(lengths) if lengths else None
 
 

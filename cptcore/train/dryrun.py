@@ -1,8 +1,11 @@
-"""``cpt train --dry-run``: resolve the config and strategy, print the process layout,
-parameter counts and a per-rank memory estimate, and exit without training.
+"""``cpt train --dry-run``: run the same :func:`~cptcore.train.plan.precheck` as the
+run (one code path: every check the run makes before loading weights), then print the
+plan, the process layout, parameter counts and a per-rank memory estimate, and exit
+without training.
 
-No process group, no weights: the model is built on PyTorch's ``meta`` device from its
-``config.json`` (LoRA adapters and ``--freeze`` applied the same way training does), so
+Without ``--data`` the dry run plans anyway (row length assumed); a data folder that is
+given must exist and match the tokenizer, as for the run. No process group, no weights:
+the model is built on PyTorch's ``meta`` device from its ``config.json`` (LoRA adapters and ``--freeze`` applied the same way training does), so
 a 70B model's plan prints in seconds on a laptop.
 """
 
@@ -10,10 +13,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from ..builtin_plugins.lora import add_lora
+from ..model.load import check_model_path
+from .build import apply_freeze
 from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
-from .parallel import Layout, make_layout
+from .parallel import Layout
+from .plan import Plan as RunPlan
+from .plan import layout_for, precheck
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..plugins import CptPluginManager
 
 DEFAULT_SEQ_LEN = 2048
 
@@ -31,6 +43,7 @@ class DryRun:
     plan: Plan
     memory: MemoryEstimate
     gradient_checkpointing: bool = False
+    run: RunPlan | None = None  # what precheck resolved (the run would train exactly this)
 
 
 def world_size(nproc_per_node: int | None, nnodes: int = 1) -> int:
@@ -40,25 +53,12 @@ def world_size(nproc_per_node: int | None, nnodes: int = 1) -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def layout_for(name: str, options: Any, world: int) -> Layout:
-    """The layout a strategy's options give ``world`` ranks (data parallel unless the
-    options carry ``tp_size``/``pp_size``/``sp_size``)."""
-    tp = getattr(options, "tp_size", 1) or 1
-    pp = getattr(options, "pp_size", 1) or 1
-    sp = getattr(options, "sp_size", None)
-    mode = getattr(options, "sequence_parallelism_mode", None)
-    return make_layout(name, world, tp=tp, pp=pp, sp=sp, sp_mode=mode)
-
-
-def meta_model(config: Any, pm: Any) -> Any:
+def meta_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
     """The configured model (LoRA and freeze applied) on the ``meta`` device: shapes and
     ``requires_grad`` only, no memory, no weights read (an HF folder's ``config.json``,
     or a GGUF file's metadata)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..model.load import check_model_path
-    from .build import apply_freeze
 
     path = check_model_path(config.model.path)
     if path.is_file():  # GGUF: read the config from its metadata only, no tensors
@@ -68,8 +68,6 @@ def meta_model(config: Any, pm: Any) -> Any:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=config.model.trust_remote_code)
         if config.lora.enabled:
-            from ..builtin_plugins.lora import add_lora
-
             model = add_lora(model, config.lora)
     apply_freeze(model, config.training.freeze)
     return model
@@ -88,35 +86,21 @@ def count_params(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
-def sequence_length(config: Any) -> tuple[int, str]:
-    """Row length from the training data's manifests, else :data:`DEFAULT_SEQ_LEN`."""
-    from .data import parse_source, read_manifest_any, seq_length
-
-    try:
-        manifests = [read_manifest_any(parse_source(s).path) for s in config.data.train]
-    except Exception:  # noqa: BLE001 - missing data is reported by training, not here
-        manifests = []
-    length = seq_length(manifests) if manifests else None
-    return (length, "data manifest") if length else (DEFAULT_SEQ_LEN, "assumed")
-
-
-def plan_dry_run(config: Any, pm: Any, world: int) -> DryRun:
-    """Validate the strategy for ``world`` ranks and estimate memory per rank.
+def plan_dry_run(config: "RunConfig", pm: "CptPluginManager", world: int) -> DryRun:
+    """:func:`~cptcore.train.plan.precheck` for ``world`` ranks (data optional), then the
+    memory estimate per rank.
 
     Raises:
-        ConfigError / RegistryError: unknown strategy or option, impossible layout,
-            refused combination (the same checks training runs first).
+        CptError subclasses: whatever the run would refuse before loading weights.
     """
-    from .build import validate_strategy
-
-    spec, options = validate_strategy(config, pm, world_size=world)
-    lay = layout_for(spec.name, options, world)
-    model = meta_model(config, pm)
+    run = precheck(config, pm, world, need_data=bool(config.data.train))
+    spec, options, lay = run.strategy.spec, run.strategy.options, run.layout
+    model = meta_model(run.config, pm)
     total, trainable = count_params(model)
     hf = model.config
     shape = ModelShape(total, trainable, hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.vocab_size,
                        getattr(hf, "intermediate_size", 0) or 0)
-    seq, source = sequence_length(config)
+    seq, source = (run.seq_len, "data manifest") if run.seq_len else (DEFAULT_SEQ_LEN, "assumed")
     attention = config.model.attn_implementation if config.model.attn_implementation != "auto" else "sdpa"
     plan = Plan(
         strategy=spec.name, precision=config.strategy.precision, dp=lay.dp, tp=lay.tp, pp=lay.pp,
@@ -130,7 +114,7 @@ def plan_dry_run(config: Any, pm: Any, world: int) -> DryRun:
         gradient_as_bucket_view=bool(getattr(options, "gradient_as_bucket_view", False)),
     )
     return DryRun(spec.name, config.strategy.precision, lay, shape, seq, source, plan, estimate(shape, plan),
-                  config.model.gradient_checkpointing)
+                  config.model.gradient_checkpointing, run)
 
 
 def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
@@ -147,6 +131,8 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     p = result.plan
     echo(f"batch:    micro-batch {p.micro_batch_size} x {result.seq_len} tokens ({result.seq_len_source}); "
          f"attention {p.attention}; gradient checkpointing {'on' if result.gradient_checkpointing else 'off'}")
+    for line in result.run.describe() if result.run is not None else ():
+        echo(line)
     table = Table(title="estimated memory per rank", title_justify="left", box=box.ASCII)
     table.add_column("")
     table.add_column("bytes", justify="right")
@@ -160,7 +146,7 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     echo("dry run: nothing trained (formulas: docs/strategies.md#memory-estimate)")
 
 
-def dry_run(config: Any, pm: Any, nproc_per_node: int | None = None, nnodes: int = 1,
+def dry_run(config: "RunConfig", pm: "CptPluginManager", nproc_per_node: int | None = None, nnodes: int = 1,
             echo: Callable[[str], None] = print) -> DryRun:
     """``cpt train --dry-run``: :func:`plan_dry_run` then :func:`render`."""
     result = plan_dry_run(config, pm, world_size(nproc_per_node, nnodes))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from .plan import Choice
 
 
 def peak_memory_mb(device: Any = None) -> float:
@@ -19,23 +25,25 @@ def peak_memory_mb(device: Any = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_loggers(pm: Any, names: Sequence[str], log_dir: Path, config: Any) -> list:
-    """Create the named loggers (registry ``loggers``). Call on rank 0 only.
-
-    Raises:
-        RegistryError: unknown logger name (did-you-mean).
-    """
-    registry = pm.registry("loggers")
-    specs = [registry.get(n) for n in names]  # validate every name first
+def make_loggers(choices: Sequence["Choice"], log_dir: Path, config: "RunConfig") -> list:
+    """Create the planned loggers (:attr:`cptcore.train.plan.Plan.loggers`: spec and
+    parsed options each). Call on rank 0 only. ``create(log_dir, config, options)``; a
+    ``create`` that takes two arguments gets no options (a logger without options)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    return [spec.create(log_dir, config) for spec in specs]
+    out = []
+    for choice in choices:
+        try:
+            takes_options = len(inspect.signature(choice.spec.create).parameters) >= 3
+        except (TypeError, ValueError):
+            takes_options = True
+        args = (log_dir, config, choice.options) if takes_options else (log_dir, config)
+        out.append(choice.spec.create(*args))
+    return out
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop lines of ``metrics.jsonl`` with ``step > last_step`` (what a killed run logged
     after the checkpoint it is resumed from), so the file reads as one run."""
-    import json
-
     if not path.is_file():
         return
     kept = []

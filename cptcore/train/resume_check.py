@@ -68,10 +68,9 @@ def saved_fingerprint(config: Any, strategy: Any, world: int) -> dict:
 
 def planned_layout(config: Any, pm: Any, world: int) -> dict:
     """The layout ``config`` gives ``world`` ranks (same arithmetic as ``--dry-run``)."""
-    from .build import strategy_spec_and_options
-    from .dryrun import layout_for
+    from .plan import layout_for, validate_strategy  # plan imports this module
 
-    spec, options = strategy_spec_and_options(config, pm)
+    spec, options = validate_strategy(config, pm, world)
     lay = layout_for(spec.name, options, world)
     return layout_of(spec.name, world, lay.dp, lay.tp, lay.pp, lay.sp)
 

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from .strategy import Strategy, token_loss_sum
+from .strategy import BoosterStrategy, LossFn
 
 #: plugins clip with this max_norm when the user disables clipping (0): large enough
 #: never to clip, non-zero so that HybridParallel/Gemini still measure the norm.
@@ -50,7 +50,7 @@ def loss_scale(optimizer: Any) -> float:
     return 1.0
 
 
-class ShardedStrategy(Strategy):
+class ShardedStrategy(BoosterStrategy):
     """A :class:`Strategy` whose plugin clips gradients and may shard parameters.
 
     Args (besides :class:`Strategy`'s):
@@ -197,8 +197,8 @@ class PipelineStrategy(ShardedStrategy):
         dist.all_reduce(value, group=self.pp_group)
         return value
 
-    def forward_backward(self, model: Any, optimizer: Any, batch: Mapping[str, Any], normaliser: float,
-                         sync: bool = True) -> Any:
+    def forward_backward(self, model: Any, optimizer: Any, batch: Mapping[str, Any], loss_fn: LossFn,
+                         normaliser: float, sync: bool = True) -> Any:
         """One training micro-batch through the pipeline: forward and backward of every
         pipeline micro-batch. Returns this micro-batch's summed token loss (0-dim fp32,
         the same value on every stage)."""
@@ -208,7 +208,7 @@ class PipelineStrategy(ShardedStrategy):
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask", "labels")}
 
         def criterion(outputs: Any, micro: Mapping[str, Any]) -> Any:
-            return token_loss_sum(outputs.logits, micro["labels"]) * scale
+            return loss_fn(outputs.logits, micro)[0] * scale
 
         # non-final micro-batches skip the shared-parameter and data-parallel gradient
         # sync that execute_pipeline otherwise runs after every call (it would sum the

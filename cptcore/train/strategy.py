@@ -1,60 +1,60 @@
-"""The strategy interface: how the training loop drives a ColossalAI Booster plugin.
+"""The strategy contract: the few methods the :class:`~cptcore.train.trainer.Trainer`
+calls, and :class:`BoosterStrategy`, which implements them for ColossalAI Booster plugins.
 
-A :class:`Strategy` is one plain class, generic over ColossalAI ``Plugin`` objects. A
-strategy plugin's ``StrategySpec.build(options, config)`` returns a ``Strategy`` built
-around its Booster plugin, changing behaviour with constructor arguments (flags and
-callables) or, where a whole step differs (pipeline parallelism), by subclassing and
-overriding one method. The loop owns everything else (accumulation, clipping cadence,
-LR schedule, logging, checkpoint cadence, resume); it calls, in order::
+:class:`Strategy` (a ``typing.Protocol``) is the whole contract; a strategy built on
+something other than ColossalAI (FSDP2, DeepSpeed...) implements these and nothing
+else. The Trainer calls, in order::
 
-    strategy.setup()                                # after the process group exists
-    opt = strategy.make_optimizer(param_groups, config.optimizer)
-    model, opt, sched, _ = strategy.boost(model, opt, make_scheduler)
+    strategy.setup()                                      # after the process group exists
+    model, opt, sched = strategy.wrap(model, config.optimizer, make_scheduler)
     for every micro-batch:
-        loss_sum = strategy.forward_backward(model, opt, batch, normaliser, sync=last)
+        loss_sum = strategy.forward_backward(model, opt, batch, loss_fn, normaliser, sync=last)
     grad_norm = strategy.clip_and_step(opt, max_norm); sched.step(); opt.zero_grad()
+    logits = strategy.forward(model, batch)               # evaluation (under no_grad)
     strategy.save(ckpt_dir, model, opt, sched) / strategy.load(...)
-    hf_module = strategy.unwrap(model)              # export / eval / generate
+    hf_module = strategy.unwrap(model)                    # export
 
-Loss contract (token-weighted across micro-batches and ranks): ``normaliser`` is
-``dp_size / N`` where ``N`` is the number of unmasked label tokens in the whole
-accumulated batch summed over all data-parallel ranks (the loop all-reduces the count
-before the first backward). Each micro-batch backpropagates ``loss_sum * normaliser``;
-since DDP/ZeRO average gradients over ``dp_size`` ranks the applied gradient is that of
-``sum(all token losses) / N`` - not the mean of per-micro-batch means.
+``wrap`` builds the optimizer *after* the model is wrapped (so a strategy that replaces
+parameters, FSDP's flat parameters say, builds it over the parameters it trains and
+keeps the no-weight-decay groups of :func:`cptcore.train.optim.param_groups`).
+What a strategy supports (LoRA, noise, freeze, CPU, pipeline, sharded checkpoints) is
+declared once, on its :class:`~cptcore.specs.StrategySpec` (``capabilities``).
+
+Loss contract (token-weighted across micro-batches and ranks): ``loss_fn(logits, batch)
+-> (loss_sum, count)`` is the objective's; ``normaliser`` is ``dp_size / N`` where ``N``
+is the objective's token count of the whole accumulated batch summed over all
+data-parallel ranks (the Trainer all-reduces it before the first backward). Each
+micro-batch backpropagates ``loss_sum * normaliser``; since DDP/ZeRO average gradients
+over ``dp_size`` ranks the applied gradient is that of ``sum(all token losses) / N`` -
+not the mean of per-micro-batch means.
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
-IGNORE_INDEX = -100
+from ..compat import colossalai_cpu, safe_load
+from ..contract import IGNORE_INDEX
+from ..errors import ConfigError
+from .optim import param_groups, strip_names
+
+if TYPE_CHECKING:
+    from ..config import OptimizerConfig
+
+#: ``loss_fn(logits, batch) -> (loss_sum 0-dim fp32 tensor, token count)``
+LossFn = Callable[[Any, Mapping[str, Any]], "tuple[Any, int]"]
+
+__all__ = ["IGNORE_INDEX", "BoosterStrategy", "LossFn", "Strategy", "count_label_tokens", "default_optimizer",
+           "inner_optimizer", "is_rank_zero", "token_loss_sum"]
 
 
 def token_loss_sum(logits: Any, labels: Any) -> Any:
-    """Sum of next-token cross-entropy over unmasked label positions.
+    """Summed next-token cross-entropy (see :func:`cptcore.train.losses.token_loss_sum`)."""
+    from .losses import token_loss_sum as chunked
 
-    Args:
-        logits: ``[batch, seq, vocab]`` float (any dtype; computed in fp32).
-        labels: ``[batch, seq]`` int64, ``-100`` where masked. Position ``t``'s logits
-            predict ``labels[:, t + 1]`` (the usual causal shift, as in HF's
-            ``ForCausalLMLoss``).
-
-    Returns:
-        0-dim fp32 tensor: the summed loss in nats (divide by the token count for a mean).
-    """
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    return chunked(logits, labels)
 
 
 def count_label_tokens(labels: Any) -> int:
@@ -72,8 +72,64 @@ def default_optimizer(param_groups: list[dict], opt_cfg: Any) -> Any:
     )
 
 
-class Strategy:
-    """A ColossalAI Booster plugin plus how the loop drives it.
+@runtime_checkable
+class Strategy(Protocol):
+    """What the Trainer needs from a parallel strategy (see the module docstring).
+
+    Attributes: ``name`` (registry name, for messages), ``precision`` (``"fp32" |
+    "bf16" | "fp16"``), ``device`` (this rank's ``torch.device``), ``dp_size`` /
+    ``dp_rank`` (data-parallel size and rank, for the sampler), ``dp_group`` (the
+    process group token counts are summed over; ``None`` = the world).
+    """
+
+    name: str
+    precision: str
+    dp_group: Any
+
+    @property
+    def device(self) -> Any: ...
+
+    @property
+    def dp_size(self) -> int: ...
+
+    @property
+    def dp_rank(self) -> int: ...
+
+    def setup(self) -> None:
+        """Once, after the process group exists."""
+
+    def wrap(self, model: Any, optimizer_config: "OptimizerConfig",
+             scheduler_factory: Callable[[Any], Any] | None) -> tuple[Any, Any, Any]:
+        """Wrap ``model``, then build the optimizer (``optimizer_config``: a
+        :class:`cptcore.config.OptimizerConfig`) over what it trains and the LR scheduler
+        (``scheduler_factory(torch_optimizer)``) on it. Returns ``(model, optimizer,
+        scheduler)``."""
+
+    def forward(self, model: Any, batch: Mapping[str, Any]) -> Any:
+        """Logits ``[batch, seq, vocab]`` of ``batch`` (evaluation; no backward)."""
+
+    def forward_backward(self, model: Any, optimizer: Any, batch: Mapping[str, Any], loss_fn: LossFn,
+                         normaliser: float, sync: bool = True) -> Any:
+        """Forward, ``loss_sum, _ = loss_fn(logits, batch)``, backward of
+        ``loss_sum * normaliser``; returns ``loss_sum`` detached (0-dim fp32)."""
+
+    def clip_and_step(self, optimizer: Any, max_norm: float) -> float:
+        """Clip the global gradient L2 norm to ``max_norm`` (0 = no clip) and step;
+        returns the pre-clip norm."""
+
+    def save(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """Write model, optimizer and scheduler state under ``ckpt_dir`` (every rank)."""
+
+    def load(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """Inverse of :meth:`save` on wrapped objects."""
+
+    def unwrap(self, model: Any) -> Any:
+        """The plain Hugging Face (or peft) module with full weights (every rank)."""
+
+
+class BoosterStrategy:
+    """A ColossalAI Booster plugin plus how the Trainer drives it: implements
+    :class:`Strategy` for every built-in strategy.
 
     Args:
         plugin: a ``colossalai.booster.plugin.Plugin`` instance (e.g. ``TorchDDPPlugin()``).
@@ -88,8 +144,6 @@ class Strategy:
         dp_group: the data-parallel process group used to sum token counts (``None`` =
             the whole world; hybrid strategies pass their DP group).
         dp_size, dp_rank: data-parallel size/rank for the sampler; default the world's.
-        supports_lora, supports_noise, supports_freeze: what the strategy can train;
-            :meth:`check_supported` refuses other combinations in one line.
         mixed_precision: passed to ``Booster(mixed_precision=...)`` (rarely needed).
 
     Subclass and override :meth:`forward_backward` (pipeline parallel through
@@ -108,14 +162,9 @@ class Strategy:
         dp_group: Any = None,
         dp_size: int | None = None,
         dp_rank: int | None = None,
-        supports_lora: bool = True,
-        supports_noise: bool = True,
-        supports_freeze: bool = True,
         mixed_precision: Any = None,
     ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
-            from ..errors import ConfigError
-
             raise ConfigError(f"{name}: precision must be fp32, bf16 or fp16, got {precision!r}")
         self.plugin = plugin
         self.name = name
@@ -125,7 +174,6 @@ class Strategy:
         self.dp_group = dp_group
         self._dp_size = dp_size
         self._dp_rank = dp_rank
-        self.supports = {"lora": supports_lora, "noise": supports_noise, "freeze": supports_freeze}
         self.mixed_precision = mixed_precision
         self.booster: Any = None
         self.scaler: Any = None
@@ -135,8 +183,6 @@ class Strategy:
         """Create the Booster (the process group must exist). Applies the ColossalAI CPU
         compatibility patches and the non-executing checkpoint loaders
         (:mod:`cptcore.compat.safe_load`) first."""
-        from ..compat import colossalai_cpu, safe_load
-
         colossalai_cpu.apply()
         safe_load.apply()  # checkpoint loaders: weights_only=True, index names inside their folder
         from colossalai.booster import Booster
@@ -170,20 +216,22 @@ class Strategy:
 
         return dist.get_rank(self.dp_group) if dist.is_initialized() else 0
 
-    def check_supported(self, *, lora: bool, noise: bool, freeze: bool) -> None:
-        """Raise :class:`~cptcore.errors.ConfigError` (one line) for a combination this
-        strategy cannot train, before any heavy work."""
-        from ..errors import ConfigError
-
-        for key, wanted in (("lora", lora), ("noise", noise), ("freeze", freeze)):
-            if wanted and not self.supports[key]:
-                what = {"lora": "LoRA", "noise": "embedding noise", "freeze": "--freeze"}[key]
-                raise ConfigError(f"strategy '{self.name}' does not support {what}; use 'ddp' or disable it")
-
     # ------------------------------------------------------------------ build
     def make_optimizer(self, param_groups: list[dict], opt_cfg: Any) -> Any:
         """The optimizer over ``param_groups`` (see :func:`cptcore.train.optim.param_groups`)."""
         return self.optimizer_factory(param_groups, opt_cfg)
+
+    def wrap(self, model: Any, optimizer_config: "OptimizerConfig",
+             scheduler_factory: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
+        """:meth:`Strategy.wrap` for Booster plugins: the optimizer over
+        :func:`~cptcore.train.optim.param_groups` of ``model`` (decay / no decay), then
+        ``booster.boost(model, optimizer)`` (the plugin wraps both together), then the
+        scheduler on the boosted optimizer. Plugins that replace the parameters while
+        wrapping (FSDP) override this."""
+        groups = strip_names(param_groups(model, optimizer_config.weight_decay))
+        optimizer = self.make_optimizer(groups, optimizer_config)
+        model, optimizer, scheduler, _ = self.boost(model, optimizer, scheduler_factory)
+        return model, optimizer, scheduler
 
     def boost(
         self,
@@ -232,14 +280,16 @@ class Strategy:
             return model(**kwargs, use_cache=False).logits
 
     def forward_backward(
-        self, model: Any, optimizer: Any, batch: Mapping[str, Any], normaliser: float, sync: bool = True
+        self, model: Any, optimizer: Any, batch: Mapping[str, Any], loss_fn: LossFn, normaliser: float,
+        sync: bool = True,
     ) -> Any:
-        """Forward, token-summed loss, backward of ``loss_sum * normaliser``.
+        """Forward, the objective's summed loss, backward of ``loss_sum * normaliser``.
 
         Args:
             batch: tensors on :attr:`device`: ``input_ids``/``labels``/``position_ids``
                 ``[micro_batch, seq]`` int64, optional ``attention_mask``
                 ``[micro_batch, 1, seq, seq]`` float (0 / -inf block-diagonal causal).
+            loss_fn: ``loss_fn(logits, batch) -> (loss_sum, count)`` (the objective).
             normaliser: ``dp_size / N`` (see the module docstring).
             sync: False for micro-batches before the last of an accumulated batch
                 (gradient all-reduce skipped where the plugin supports ``no_sync``).
@@ -249,12 +299,10 @@ class Strategy:
         """
         ctx = contextlib.nullcontext() if sync else self.no_sync(model, optimizer)
         with ctx:
-            logits = self.forward(model, batch)
-            loss_sum = token_loss_sum(logits, batch["labels"])
+            loss_sum, _ = loss_fn(self.forward(model, batch), batch)
             loss = loss_sum * normaliser
             if self.scaler is not None:
-                loss = self.scaler.scale(loss)
-                loss.backward()
+                self.scaler.scale(loss).backward()
             else:
                 self.booster.backward(loss, optimizer)
         return loss_sum.detach()

@@ -1,0 +1,48 @@
+"""Built-in objective ``causal_lm``: token-weighted next-token cross-entropy (the loss
+of continual pretraining and SFT alike; SFT masks prompts with label -100), computed in
+chunks along the sequence (:mod:`cptcore.train.losses`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..hookspecs import hookimpl
+from ..specs import ObjectiveSpec
+
+
+@dataclass(frozen=True)
+class CausalLMOptions:
+    """``--set training.objective_options.chunk_tokens=N``."""
+
+    chunk_tokens: int = 1024  # tokens (rows x positions) per loss chunk; smaller = less memory
+
+    def __post_init__(self):
+        if self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+
+
+def causal_lm_loss(logits: Any, batch: Mapping[str, Any], options: CausalLMOptions | None) -> tuple[Any, int]:
+    """``(sum of cross-entropy over label tokens, their count)``; ``logits``
+    ``[B, S, V]``, ``batch["labels"]`` ``[B, S]`` int64 (-100 = no loss)."""
+    from ..train.losses import count_label_tokens, token_loss_sum  # torch: only when training
+
+    chunk = (options or CausalLMOptions()).chunk_tokens
+    return token_loss_sum(logits, batch["labels"], chunk), count_label_tokens(batch["labels"])
+
+
+def count_tokens(batch: Mapping[str, Any]) -> int:
+    """Label tokens after the causal shift (what :func:`causal_lm_loss` sums over)."""
+    from ..train.losses import count_label_tokens
+
+    return count_label_tokens(batch["labels"])
+
+
+@hookimpl
+def cpt_register_objectives():
+    return [
+        ObjectiveSpec(
+            name="causal_lm", loss=causal_lm_loss, count=count_tokens, options=CausalLMOptions,
+            description="next-token cross-entropy, summed over label tokens, in chunks along the sequence",
+        )
+    ]

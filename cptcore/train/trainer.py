@@ -1,0 +1,474 @@
+"""The :class:`Trainer`: one training run, as methods a custom loop may override or reuse.
+
+Built from a :class:`~cptcore.train.plan.Plan` (what :func:`~cptcore.train.plan.precheck`
+validated, once) and the plugin manager; :meth:`Trainer.setup` creates the process group
+if none exists (:func:`cptcore.train.launch.init_distributed`: torchrun's environment,
+or one local process). ``fit()`` is what ``cpt train`` runs::
+
+    trainer = Trainer(precheck(config, pm), pm).setup()   # strategy, data, model, noise, wrap, resume
+    trainer.fit()                                         # steps -> evaluate / checkpoint -> export
+
+and a custom loop composes the same parts (``examples/custom_trainer.py``)::
+
+    batches, _ = trainer.next_batches()
+    metrics = trainer.train_step(batches)     # accumulate (token-weighted) -> clip -> step -> schedule
+    trainer.evaluate(); trainer.save_checkpoint(); trainer.export()
+
+``train_step`` is the only copy of the step: ``backward()`` is one hop away, inside
+``strategy.forward_backward`` (:mod:`cptcore.train.strategy`), with the objective's loss.
+Evaluation iterates over :attr:`Trainer.eval_sets` (a mapping of name -> batches; today
+one set, ``"eval"``, of every ``data.eval`` folder).
+
+Outputs (``OUT = training.out_dir``): ``config.yaml``, ``logs/metrics.jsonl``,
+``logs/tensorboard/``, ``checkpoints/step-N/``, ``final/``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..config import write_resolved
+from ..errors import CptError
+from ..registries import call_provider
+from . import build
+from ..eval.bpb import EvalResult as BpbResult
+from ..eval.bpb import result as bpb_result
+from ..eval.prepared import evaluate_prepared
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Loader, collate, eval_batches
+from .launch import init_distributed
+from .metrics import Progress, make_loggers, peak_memory_mb, truncate_jsonl
+from .optim import scheduler_factory
+from .plan import check_batches, log
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
+    from .plan import Plan
+    from .strategy import Strategy
+
+
+@dataclass
+class TrainState:
+    """Counters saved in ``trainer_state.json``."""
+
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # micro-batches consumed per rank
+    tokens_seen: int = 0  # non-pad input tokens over all ranks
+    loss_tokens: int = 0  # label tokens that carried loss, all ranks
+    sampler: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "micro_batches": self.micro_batches, "tokens_seen": self.tokens_seen,
+                "loss_tokens": self.loss_tokens, "sampler": self.sampler, "epoch": self.sampler.get("epoch", 0)}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> "TrainState":
+        return cls(step=int(saved["step"]), micro_batches=int(saved["micro_batches"]),
+                   tokens_seen=int(saved["tokens_seen"]), loss_tokens=int(saved.get("loss_tokens", 0)),
+                   sampler=dict(saved.get("sampler") or {}))
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimizer step did (all ranks summed).
+
+    Attributes:
+        loss: mean loss per label token of the step, nats (0.0 when no token carried a
+            label: never NaN); grad_norm: pre-clip global L2 norm (0.0 then too);
+        lr: the learning rate the update used; tokens: non-pad input tokens;
+        loss_tokens: label tokens; seconds: wall time of the step.
+    """
+
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    loss_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One eval set's summed loss (nats) and label-token count, all ranks."""
+
+    loss_sum: float
+    tokens: int
+
+
+def all_reduce_sum(values: Sequence[float], device: Any, group: Any = None) -> list[float]:
+    """Sum over ``group`` (the data-parallel group: TP/PP ranks hold the same tokens); float64."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, group=group)
+    return t.tolist()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+class Trainer:
+    """One run: strategy, model, optimizer, scheduler, data, counters (see the module
+    docstring). Construction does nothing heavy; :meth:`setup` builds the parts.
+
+    Attributes (after :meth:`setup`): ``strategy`` (:class:`~cptcore.train.strategy.Strategy`),
+    ``model`` (wrapped), ``hf_model`` (the unwrapped module it wraps), ``optimizer``,
+    ``scheduler``, ``loader`` (``None`` without training data), ``eval_sets``
+    (name -> ``f() -> iterable of batches``), ``noise`` (handle or ``None``), ``state``.
+    """
+
+    def __init__(self, plan: "Plan", pm: "CptPluginManager") -> None:
+        self.plan = plan
+        self.pm = pm
+        self.config = plan.config
+        self.out = Path(plan.config.training.out_dir)
+        self.state = TrainState()
+        self.objective = plan.objective
+        self.collate_fn: Callable[..., dict] = plan.objective.spec.collate or collate
+        self.eval_sets: dict[str, Callable[[], Iterable[Mapping[str, Any]]]] = {}
+        self.strategy: "Strategy" = None  # type: ignore[assignment]
+        self.model: Any = None
+        self.hf_model: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.loader: Loader | None = None
+        self.sampler: Any = None
+        self.loader_data: tuple[Any, Any] | None = None
+        self.noise: Any = None
+        self.mask_dtype: Any = torch.float32
+        self.block_mask = True
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> "Trainer":
+        """Build, in this order (the RNG order bit-exact resume relies on): process
+        group (if none), strategy,
+        training data and resolved ``OUT/config.yaml``, seed, model, noise, wrap
+        (optimizer after the model), eval sets, resume. Returns ``self``."""
+        t = self.config.training
+        init_distributed(t.seed)  # idempotent: a no-op under cpt train / torchrun
+        self.strategy = self.build_strategy()
+        self.loader_data = self.build_data()
+        if self.plan.train and rank() == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_resolved(self.config, self.out)
+        random.seed(t.seed)
+        np.random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        self.hf_model = self.build_model()
+        impl = (getattr(self.hf_model, "cpt_attn_implementation", None)
+                or getattr(getattr(self.hf_model, "config", None), "_attn_implementation", "sdpa"))
+        self.block_mask = impl != "flash_attention_2"
+        self.noise = build.attach_noise(self.plan.noise, self.hf_model)
+        n_train = sum(p.numel() for p in self.hf_model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in self.hf_model.parameters())
+        log(f"strategy {self.strategy.name} ({self.plan.world_size} process(es), dp={self.strategy.dp_size}), "
+            f"precision {self.strategy.precision}, {n_train:,} of {n_all:,} parameters trainable, "
+            f"{self.plan.accumulation} micro-batch(es) of {t.micro_batch_size} per step")
+        self.model, self.optimizer, self.scheduler = self.strategy.wrap(
+            self.hf_model, self.config.optimizer, scheduler_factory(self.config.schedule, t.max_steps))
+        self.mask_dtype = self.compute_dtype()
+        if self.config.model.gradient_checkpointing and not getattr(self.hf_model, "is_gradient_checkpointing", False):
+            raise CptError("gradient checkpointing was requested but the model does not have it enabled")
+        if self.loader_data is not None:
+            data, self.sampler = self.loader_data
+            self.loader = Loader(data, self.sampler, self.plan.pad_id, block_mask=self.block_mask,
+                                 mask_dtype=self.mask_dtype, collate_fn=self.collate_fn)
+        self.eval_sets = self.build_eval_sets()
+        if self.plan.resume is not None:
+            self.load_checkpoint(self.plan.resume)
+        return self
+
+    def build_strategy(self) -> "Strategy":
+        """``StrategySpec.build(options, config)`` then ``setup()``."""
+        choice = self.plan.strategy
+        strategy = choice.spec.build(choice.options, self.config)
+        strategy.setup()
+        return strategy
+
+    def build_data(self) -> tuple[Any, Any] | None:
+        """``(MixedDataset, MixedSampler)`` of the planned training folders (``None``
+        without any); the batch arithmetic is checked here only when the manifests did
+        not state their row counts."""
+        if not self.plan.train:
+            return None
+        data, sampler = build.open_training_data(self.plan, self.strategy.dp_size, self.strategy.dp_rank)
+        if any(m.rows is None for m in self.plan.manifests):
+            check_batches(data.lengths, data.weights, self.config.training.micro_batch_size, self.strategy.dp_size,
+                          self.plan.accumulation)
+        return data, sampler
+
+    def build_model(self) -> Any:
+        """``cpt_build_model`` (+ LoRA) and the freeze policy (:func:`build.build_model`)."""
+        return build.build_model(self.config, self.pm)
+
+    def build_eval_sets(self) -> dict[str, Callable[[], "BpbResult"]]:
+        """Name -> ``f() -> EvalResult`` for :meth:`evaluate`: one entry per named
+        ``data.eval`` set (``--eval-data NAME=PATH``), each scored by
+        :func:`cptcore.eval.prepared.evaluate_prepared` through the strategy's forward
+        (empty without eval data)."""
+        t = self.config.training
+
+        def scorer(name: str, path: Path) -> Callable[[], "BpbResult"]:
+            def score() -> "BpbResult":
+                try:
+                    return evaluate_prepared(
+                        self.model, path, micro_batch_size=t.micro_batch_size, pad_id=self.plan.pad_id,
+                        block_mask=self.block_mask, mask_dtype=self.mask_dtype, limit=t.eval_batches,
+                        device=self.strategy.device, forward=lambda m, b: self.strategy.forward(m, self.to_device(b)),
+                        dp_size=self.strategy.dp_size, dp_rank=self.strategy.dp_rank,
+                        reduce=lambda v: all_reduce_sum(list(v), self.strategy.device, self.strategy.dp_group))
+                except ValueError as exc:
+                    raise CptError(f"eval set '{name}' ({path}): {exc}") from None
+            return score
+
+        names = self.plan.eval_names or tuple(s.path.name for s in self.plan.eval)
+        return {name: scorer(name, src.path) for name, src in zip(names, self.plan.eval)}
+
+    def compute_dtype(self) -> Any:
+        """The dtype activations (and so the attention mask) have."""
+        precision = self.strategy.precision
+        if precision == "bf16":
+            return torch.bfloat16
+        if precision == "fp16":
+            return torch.float16
+        return next(self.hf_model.parameters()).dtype
+
+    # ------------------------------------------------------------------ step
+    def loss_fn(self, logits: Any, batch: Mapping[str, Any]) -> tuple[Any, int]:
+        """The objective's ``(loss_sum, token_count)`` for one micro-batch."""
+        return self.objective.spec.loss(logits, batch, self.objective.options)
+
+    def to_device(self, batch: Mapping[str, Any]) -> dict:
+        """``batch`` on the strategy's device; the noise sees the per-row fields it declared."""
+        batch = {k: v.to(self.strategy.device) for k, v in batch.items()}
+        if self.noise is not None and self.plan.noise.spec.batch_fields:
+            self.noise.observe({k: batch[k] for k in self.plan.noise.spec.batch_fields if k in batch})
+        return batch
+
+    def next_batches(self) -> tuple[list[dict], bool]:
+        """One step's micro-batches from the loader, and whether an epoch ended among them.
+
+        Raises:
+            CptError: the plan has no training data.
+        """
+        if self.loader is None:
+            raise CptError("no training data in the plan (data.train): pass your own batches to train_step")
+        batches, epoch_end = [], False
+        for _ in range(self.plan.accumulation):
+            batch, ended = self.loader.next()
+            epoch_end = epoch_end or ended
+            batches.append(batch)
+        return batches, epoch_end
+
+    def train_step(self, batches: Sequence[Mapping[str, Any]]) -> StepMetrics:
+        """One optimizer step over ``batches`` (this rank's micro-batches, CPU or device
+        tensors as :func:`~cptcore.train.data.collate` makes them).
+
+        Token-weighted: the objective's token count of all micro-batches on all ranks
+        is all-reduced first, each micro-batch backpropagates ``loss_sum * dp / N``
+        (:mod:`cptcore.train.strategy`), then clip, step, schedule, zero the gradients.
+        A step without any label token skips the backward and the update (the LR
+        schedule still advances) and reports loss and grad norm 0.0, never NaN.
+        """
+        start = time.time()
+        self.model.train()  # eval switches to eval mode; checkpointing and noise need train mode
+        count = self.objective.spec.count
+        local = [float(sum(count(b) for b in batches)),
+                 float(sum(int(b["lengths"].sum()) if "lengths" in b else b["input_ids"].numel() for b in batches))]
+        n_tokens, n_input = all_reduce_sum(local, self.strategy.device, self.strategy.dp_group)
+        lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.config.optimizer.lr
+        loss_sum, grad_norm = 0.0, 0.0
+        if n_tokens > 0:
+            normaliser = self.strategy.dp_size / n_tokens
+            for i, batch in enumerate(batches):
+                batch = self.to_device(batch)
+                loss_sum += float(self.strategy.forward_backward(self.model, self.optimizer, batch, self.loss_fn,
+                                                                 normaliser, sync=i == len(batches) - 1))
+            grad_norm = self.strategy.clip_and_step(self.optimizer, self.config.optimizer.grad_clip)
+        if self.scheduler is not None:
+            with warnings.catch_warnings():  # a skipped update: torch warns the schedule ran ahead
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                self.scheduler.step()
+        self.optimizer.zero_grad()
+        (loss_total,) = all_reduce_sum([loss_sum], self.strategy.device, self.strategy.dp_group)
+        self.state.step += 1
+        self.state.micro_batches += len(batches)
+        self.state.tokens_seen += int(n_input)
+        self.state.loss_tokens += int(n_tokens)
+        if self.sampler is not None:
+            self.state.sampler = self.sampler.state_dict()
+        return StepMetrics(loss=loss_total / n_tokens if n_tokens else 0.0, grad_norm=grad_norm, lr=lr,
+                           tokens=int(n_input), loss_tokens=int(n_tokens), seconds=time.time() - start)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """Every eval set of :attr:`eval_sets`, forward only, all ranks; returns
+        :meth:`eval_metrics` of the per-set results (``{}`` without sets)."""
+        if not self.eval_sets:
+            return {}
+        self.model.eval()
+        try:
+            results = {name: score() for name, score in self.eval_sets.items()}
+        finally:
+            self.model.train()
+        return self.eval_metrics(results)
+
+    def eval_metrics(self, results: Mapping[str, "BpbResult"]) -> dict[str, Any]:
+        """Per set ``NAME``: ``eval/NAME/loss`` (nats/token), ``eval/NAME/perplexity``,
+        ``eval/NAME/bpb`` (bits per UTF-8 byte, :mod:`cptcore.eval.bpb`; absent for
+        folders prepared without ``label_bytes``), ``eval/NAME/tokens``; pooled over all
+        sets (token-weighted): ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and
+        ``eval_bpb`` (when every set has bytes).
+
+        Raises:
+            CptError: the eval data has no label token.
+        """
+        out: dict[str, Any] = {}
+        nll, tokens, nbytes = 0.0, 0, 0
+        for name, r in results.items():
+            out.update({f"eval/{name}/{k}": v for k, v in r.metrics().items()})
+            nll, tokens = nll + r.nll, tokens + r.tokens
+            nbytes = None if (nbytes is None or r.bytes is None) else nbytes + r.bytes
+        if tokens == 0:
+            raise CptError("evaluation data has no label tokens")
+        pooled = bpb_result(nll, tokens, nbytes)
+        out.update({"eval_loss": pooled.loss, "eval_perplexity": pooled.perplexity, "eval_tokens": int(pooled.tokens)})
+        if pooled.bpb is not None:
+            out["eval_bpb"] = pooled.bpb
+        return out
+
+    # ------------------------------------------------------------------ state I/O
+    def save_checkpoint(self) -> Path:
+        """``OUT/checkpoints/step-N`` (atomic, keep-last-K; every rank calls it)."""
+        c = self.config.checkpointing
+        return save_checkpoint(self.out, self.state.step, self.strategy, self.model, self.optimizer, self.scheduler,
+                               self.state.to_dict(), self.config, c.keep_last, hf_model=self.hf_model)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore model, optimizer, scheduler, RNG, sampler position and counters.
+
+        Raises:
+            CptError: unreadable checkpoint, or its scheduler disagrees with its step.
+        """
+        saved = load_checkpoint(Path(path), self.strategy, self.model, self.optimizer, self.scheduler,
+                                new_data=self.config.checkpointing.new_data)
+        self.state = TrainState.from_dict(saved)
+        if self.sampler is not None:
+            self.sampler.load_state_dict(saved["sampler"])
+        if self.scheduler is not None and self.scheduler.last_epoch != self.state.step:
+            raise CptError(f"{path}: LR scheduler is at update {self.scheduler.last_epoch}, "
+                           f"trainer state at step {self.state.step}")
+        where = f" (epoch {self.sampler.epoch}, micro-batch {self.sampler.position})" if self.sampler is not None else ""
+        log(f"resumed from {path} at step {self.state.step}{where}")
+
+    def unwrapped(self) -> Any:
+        """The trained HF module with full weights (every rank must call it)."""
+        return self.strategy.unwrap(self.model)
+
+    def export(self, out_dir: str | Path | None = None) -> Path:
+        """Write the model as a Hugging Face folder (``cpt_save``; default ``OUT/final``,
+        replaced). Every rank unwraps; rank 0 writes. Returns the folder."""
+        final_dir = Path(out_dir) if out_dir is not None else self.out / "final"
+        module = self.unwrapped()
+        if rank() == 0:
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            call_provider(self.pm, "cpt_save", model=module, out_dir=final_dir, config=self.config,
+                          tokenizer=self.plan.tokenizer)
+        return final_dir
+
+    # ------------------------------------------------------------------ the run
+    def due(self, every: int) -> bool:
+        """True at every ``every``-th step (0: never) and at the last one."""
+        return bool(every and self.state.step % every == 0) or self.state.step == self.config.training.max_steps
+
+    def fit(self) -> dict[str, Any]:
+        """Steps until ``training.max_steps`` with logging, evaluation and checkpoints on
+        their cadence, then export; returns the summary (``OUT/summary.json`` on rank 0)."""
+        t0 = time.time()
+        if self.strategy is None:
+            self.setup()
+        if self.loader is None:
+            raise CptError("Trainer.fit() needs training data (data.train); call train_step(batches) with your own")
+        t, resumed = self.config.training, self.plan.resume is not None
+        tokens_at_start = self.state.tokens_seen
+        loggers = []
+        if rank() == 0:
+            # resumed: drop what a killed run logged past the checkpoint; fresh (only reachable
+            # with an old metrics.jsonl through --resume auto finding no checkpoint): drop all
+            truncate_jsonl(self.out / "logs" / "metrics.jsonl", self.state.step if resumed else 0)
+            loggers = make_loggers(self.plan.loggers, self.out / "logs", self.config)
+        progress = Progress(t.max_steps, self.state.step, self.config.logging.progress and rank() == 0)
+        start_time, step_time = time.time(), 0.0  # step_time: steps only, no eval/checkpoint
+        metrics: dict[str, Any] = {}
+        eval_metrics: dict[str, Any] = {}
+        try:
+            while self.state.step < t.max_steps:
+                step_start = time.time()
+                batches, epoch_end = self.next_batches()
+                m = self.train_step(batches)
+                dt = time.time() - step_start
+                step_time += dt
+                metrics = {"loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
+                           "tokens_per_second": m.tokens / dt if dt > 0 else 0.0,
+                           "tokens_seen": self.state.tokens_seen, "epoch": self.sampler.epoch,
+                           "peak_memory_mb": peak_memory_mb(self.strategy.device)}
+                if epoch_end:
+                    metrics["epoch_end"] = 1
+                if self.due(t.eval_every):
+                    eval_metrics = self.evaluate()
+                    metrics.update(eval_metrics)
+                if rank() == 0 and (self.due(max(1, self.config.logging.log_every)) or "eval_loss" in metrics):
+                    for lg in loggers:
+                        lg.log(metrics, self.state.step)
+                progress.update(self.state.step, f"loss {metrics['loss']:.4f}")
+                if self.due(self.config.checkpointing.save_every):
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+            for lg in loggers:
+                lg.close()
+        final_dir = self.export()
+        if self.noise is not None:
+            self.noise.remove()
+        return self.summary(t0, start_time, step_time, tokens_at_start, metrics, eval_metrics, final_dir)
+
+    def summary(self, t0: float, start_time: float, step_time: float, tokens_at_start: int,
+                metrics: Mapping[str, Any], eval_metrics: Mapping[str, Any], final_dir: Path) -> dict[str, Any]:
+        """The run's summary dict, written to ``OUT/summary.json`` by rank 0."""
+        wall = time.time() - t0
+        this_run = self.state.tokens_seen - tokens_at_start
+        summary = {
+            "steps": self.state.step,
+            "resumed_from": str(self.plan.resume) if self.plan.resume is not None else None,
+            "tokens_trained": self.state.tokens_seen,
+            "tokens_this_run": this_run,
+            "wall_time_s": round(wall, 3),
+            "train_time_s": round(time.time() - start_time, 3),
+            "step_time_s": round(step_time, 3),
+            "tokens_per_second": this_run / step_time if step_time > 0 else 0.0,  # training steps only
+            "wall_tokens_per_second": this_run / wall if wall > 0 else 0.0,  # setup, eval, checkpoints, export too
+            "final_loss": metrics.get("loss"),
+            "final_eval_loss": eval_metrics.get("eval_loss"),
+            "final_eval_perplexity": eval_metrics.get("eval_perplexity"),
+            "final_eval_bpb": eval_metrics.get("eval_bpb"),
+            "final_eval": {name: {k: eval_metrics[f"eval/{name}/{k}"] for k in ("loss", "perplexity", "bpb", "tokens")
+                                  if f"eval/{name}/{k}" in eval_metrics} for name in self.eval_sets},
+            "world_size": self.plan.world_size, "strategy": self.strategy.name, "final_dir": str(final_dir),
+        }
+        if rank() == 0:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            log(f"done: {self.state.step} steps, final loss {summary['final_loss']}, export in {final_dir}")
+        return summary
