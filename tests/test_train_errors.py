@@ -20,7 +20,7 @@ def env(tmp_path_factory, smollm2_tokenizer_dir, mistral_tokenizer_dir):
     empty = root / "empty"
     import datasets
 
-    datasets.Dataset.from_dict({"input_ids": [], "labels": [], "position_ids": []},
+    datasets.Dataset.from_dict({"input_ids": [], "labels": [], "position_ids": [], "label_bytes": []},
                                features=datasets.load_from_disk(str(data)).features).save_to_disk(str(empty))
     shutil.copy(data / "manifest.json", empty / "manifest.json")
     return {"root": root, "model": tiny_model(root / "model", smollm2_tokenizer_dir), "data": data,

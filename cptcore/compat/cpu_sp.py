@@ -91,5 +91,6 @@ def _fill_list_collectives() -> None:
     _operation.dist = GlooTensorCollectives()
 
 
-PATCHES = (Patch("shardformer.gloo_list_collectives", "shardformer/layer/_operation.py:522,1259",
+PATCHES = (Patch("shardformer.gloo_list_collectives", "shardformer/layer/_operation.py:522",  # also :598, 751, 845, 933, 1248, 1259
+
                  _gap_list_collectives, _fill_list_collectives),)

@@ -107,7 +107,7 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
         if not isinstance(state.get(name), kind) or isinstance(state.get(name), bool):
             what = "no" if name not in state else f"a bad ({type(state[name]).__name__})"
             raise CptError(f"{state_file}: corrupt trainer state ({what} '{name}' entry)")
-    for name in ("epoch", "position"):
+    for name in ("epoch", "position") if state["sampler"] else ():  # {}: a Trainer run on its own batches
         if not isinstance(state["sampler"].get(name), int) or state["sampler"][name] < 0:
             raise CptError(f"{state_file}: corrupt trainer state (sampler has no valid '{name}')")
     needed = ["model", "optimizer", "lr_scheduler.pt", "config.yaml"]

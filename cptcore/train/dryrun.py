@@ -93,7 +93,7 @@ def plan_dry_run(config: "RunConfig", pm: "CptPluginManager", world: int) -> Dry
     Raises:
         CptError subclasses: whatever the run would refuse before loading weights.
     """
-    run = precheck(config, pm, world, need_data=bool(config.data.train))
+    run = precheck(config, pm, world, need_data=bool(config.data.train), dry_run=True)
     spec, options, lay = run.strategy.spec, run.strategy.options, run.layout
     model = meta_model(run.config, pm)
     total, trainable = count_params(model)

@@ -304,7 +304,7 @@ def resolve_plugins(config: RunConfig, pm: "CptPluginManager", world: int) -> di
 
 
 def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None = None, *,
-             need_data: bool = True) -> Plan:
+             need_data: bool = True, dry_run: bool = False) -> Plan:
     """Every check that needs no process group and no weights, once; returns the
     :class:`Plan` the Trainer runs (see the module docstring for the order).
 
@@ -313,6 +313,7 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
             ``$WORLD_SIZE`` or 1.
         need_data: False for library use on one's own batches and for a dry run
             without ``--data`` (then no data, no tokenizer and no batch arithmetic).
+        dry_run: create nothing (``OUT`` is only checked to be creatable).
 
     Raises:
         CptError subclasses, one line each.
@@ -356,7 +357,7 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
         log(f"--resume auto: no checkpoint in {t.out_dir}/checkpoints, starting fresh")
     else:
         check_fresh_out(t.out_dir)
-    ensure_writable(t.out_dir)  # one line now, not a traceback after the model loads
+    ensure_writable(t.out_dir, create=not dry_run)  # one line now, not a traceback after the model loads
     config = absolute_inputs(config)
     train = tuple(parse_source(s) for s in config.data.train)
     evals = tuple(parse_source(s) for s in config.data.eval.values())

@@ -77,14 +77,22 @@ def writable_error(exc: OSError, what: str) -> CptError:
     return CptError(f"cannot write to {name}: {reason} (output folder {what}; {hint} or choose another --out)")
 
 
-def ensure_writable(out_dir: str | Path) -> Path:
+def ensure_writable(out_dir: str | Path, create: bool = True) -> Path:
     """Create ``out_dir`` (parents too) and prove it writable by creating and removing a
-    file in it. Cheap; run before any heavy work.
+    file in it. Cheap; run before any heavy work. ``create=False`` (a dry run) creates
+    nothing: the folder, or its nearest existing parent, must be writable.
 
     Raises:
         CptError: one line naming the folder and the OS reason.
     """
     out = Path(out_dir)
+    if not create:
+        near = out
+        while not near.exists() and near != near.parent:
+            near = near.parent
+        if not near.is_dir() or not os.access(near, os.W_OK | os.X_OK):
+            raise CptError(f"cannot write to {out}: {near} is not a writable folder")
+        return out
     probe = out / f".cpt-write-test.{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,8 @@ class Trainer:
         self.state = TrainState()
         self.objective = plan.objective
         self.collate_fn: Callable[..., dict] = plan.objective.spec.collate or collate
-        self.eval_sets: dict[str, Callable[[], Iterable[Mapping[str, Any]]]] = {}
+        # name -> f() returning an EvalResult (built-in sets) or an iterable of batches (custom sets)
+        self.eval_sets: dict[str, Callable[[], Any]] = {}
         self.strategy: "Strategy" = None  # type: ignore[assignment]
         self.model: Any = None
         self.hf_model: Any = None
@@ -320,10 +321,36 @@ class Trainer:
             return {}
         self.model.eval()
         try:
-            results = {name: score() for name, score in self.eval_sets.items()}
+            results = {name: self.score_eval_set(source()) for name, source in self.eval_sets.items()}
         finally:
             self.model.train()
         return self.eval_metrics(results)
+
+    def score_eval_set(self, source: Any) -> "BpbResult":
+        """One eval set's result: ``source`` is what an :attr:`eval_sets` entry returned,
+        either a finished result (the built-in sets) or an iterable of batches (a custom
+        loop's own set: scored with the objective's loss, summed over the data-parallel
+        group; bytes from a ``label_bytes`` column when the batches carry one).
+
+        Raises:
+            CptError: the set has no label token.
+        """
+        if isinstance(source, BpbResult):
+            return source
+        total, tokens, nbytes = 0.0, 0, 0
+        with torch.no_grad():
+            for batch in source:
+                batch = self.to_device(batch)
+                loss_sum, count = self.loss_fn(self.strategy.forward(self.model, batch), batch)
+                total += float(loss_sum)
+                tokens += int(count)
+                lb = batch.get("label_bytes")
+                nbytes = None if (nbytes is None or lb is None) else nbytes + int(lb.sum())
+        total, count, nb = all_reduce_sum([total, float(tokens), float(nbytes or 0)], self.strategy.device,
+                                          self.strategy.dp_group)
+        if count <= 0:
+            raise CptError("evaluation data has no label tokens")
+        return bpb_result(total, int(count), None if nbytes is None else int(nb))
 
     def eval_metrics(self, results: Mapping[str, "BpbResult"]) -> dict[str, Any]:
         """Per set ``NAME``: ``eval/NAME/loss`` (nats/token), ``eval/NAME/perplexity``,
