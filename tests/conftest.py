@@ -72,3 +72,15 @@ def zh_sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [bundled("zh_law_train.jsonl")], tmp_path_factory.mktemp("zh_sp"), TrainOptions(vocab_size=3000)
     )
     return model
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Give every test the environment it started with: an in-process ``cpt train``
+    sets RANK/WORLD_SIZE/MASTER_PORT (cptcore.train.launch.init_distributed) and the
+    verified-checkpoint cache, which a later ``cpt train --nproc-per-node`` subprocess
+    would inherit (its ranks then rendezvous on a stale port)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
