@@ -20,8 +20,12 @@ def recorded_files(config_yaml: Path) -> list[dict[str, str]]:
 
     if not config_yaml.is_file():
         return []
-    doc = yaml.safe_load(config_yaml.read_text(encoding="utf-8")) or {}
-    files = (doc.get("plugins") or {}).get("files") or []
+    try:
+        doc = yaml.safe_load(config_yaml.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return []  # a damaged config.yaml is reported by the checkpoint checks, by name
+    plugins = doc.get("plugins") if isinstance(doc, dict) else None
+    files = (plugins.get("files") if isinstance(plugins, dict) else None) or []
     return [dict(f) for f in files if isinstance(f, dict)]
 
 

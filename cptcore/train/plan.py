@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError
 from ..model.load import check_model_path, choose_attention, compute_dtype, load_tokenizer
 from ..specs import Capabilities
 from .build import FREEZE_CHOICES, accumulation_steps, model_config_dict
-from .checkpoint import list_checkpoints, resolve_resume
+from .checkpoint import list_checkpoints, resolve_resume, validate_checkpoint
 from .resume_check import check_resume
 from .runlock import ensure_writable
 from .data import Source, check_sources, parse_source, seq_length
@@ -346,13 +346,13 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
     resume = resolve_resume(config.checkpointing.resume, t.out_dir, log=log)
     state = None
     if resume is not None:
-        state = check_resume(resume, config, pm, world)  # verified checksums, same layout, same data
-        done = int(state["step"])
+        done = int(validate_checkpoint(resume)["step"])  # verified (cached: check_resume does not hash again)
         if done > t.max_steps:
             raise ConfigError(
                 f"{resume} is at step {done}, past training.max_steps={t.max_steps}: "
                 "raise --max-steps to continue it (or export it with cpt export)"
             )
+        state = check_resume(resume, config, pm, world)  # same layout, same data
     elif config.checkpointing.resume == "auto":
         log(f"--resume auto: no checkpoint in {t.out_dir}/checkpoints, starting fresh")
     else:
