@@ -10,7 +10,7 @@ times longer n-grams on such documents (a CJK character carries less than a word
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -1,10 +1,11 @@
-"""The patch record and the two gap probes every compat module uses."""
+"""The patch record, the loop that applies a list of them once, and the two gap probes
+every compat module uses."""
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,18 @@ def source_has(obj: Any, text: str) -> bool:
         return text in inspect.getsource(obj)
     except (OSError, TypeError):
         return False
+
+
+def apply_patches(patches: Iterable[Patch], examined: set[str]) -> list[str]:
+    """Fill each patch whose gap the running ColossalAI has, at most once per process:
+    a name in ``examined`` (the caller's module-level set) is skipped, and every patch
+    looked at is added to it. Returns the names filled in this call, in order."""
+    done = []
+    for patch in patches:
+        if patch.name in examined:
+            continue
+        if patch.has_gap():
+            patch.fill()
+            done.append(patch.name)
+        examined.add(patch.name)
+    return done

@@ -21,7 +21,7 @@ strategy refuses it on CPU instead.
 from __future__ import annotations
 
 from . import cpu_accelerator, cpu_fsdp, cpu_pipeline, cpu_sp, cpu_zero
-from ._patch import Patch
+from ._patch import Patch, apply_patches
 
 # One module per upstream gap family (the single file outgrew ~400 lines); this module
 # is the only entry point.
@@ -48,15 +48,8 @@ def apply() -> list[str]:
     """
     if not needed():
         return []
-    done = []
-    for patch in PATCHES:
-        if patch.name in _APPLIED:
-            continue
-        if patch.has_gap():
-            patch.fill()
-            done.append(patch.name)
-            _FILLED.append(patch.name)
-        _APPLIED.add(patch.name)
+    done = apply_patches(PATCHES, _APPLIED)
+    _FILLED.extend(done)
     return done
 
 

@@ -22,7 +22,7 @@ import importlib
 import inspect
 from typing import Any, Callable
 
-from ._patch import Patch
+from ._patch import Patch, apply_patches
 
 
 class WeightsOnlyTorch:
@@ -134,12 +134,4 @@ _APPLIED: set[str] = set()
 def apply() -> list[str]:
     """Fill every gap above that the running ColossalAI has, on any device; return the
     names filled in this call. Idempotent."""
-    done = []
-    for patch in PATCHES:
-        if patch.name in _APPLIED:
-            continue
-        if patch.has_gap():
-            patch.fill()
-            done.append(patch.name)
-        _APPLIED.add(patch.name)
-    return done
+    return apply_patches(PATCHES, _APPLIED)

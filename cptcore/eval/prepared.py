@@ -8,7 +8,7 @@ a Trainer's ``evaluate()`` calls once per set.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from .bpb import EvalResult, result
 
@@ -23,23 +23,6 @@ def _open(dataset: Any) -> tuple[Any, bool]:
     has = LABEL_BYTES in ds.column_names
     cols = [*REQUIRED_COLUMNS, LABEL_BYTES] if has else list(REQUIRED_COLUMNS)
     return ds.with_format("numpy", columns=cols), has
-
-
-def rank_batches(n: int, micro_batch_size: int, dp_size: int, dp_rank: int, limit: int | None) -> Iterator[range]:
-    """Row index ranges of this rank's micro-batches: global batch ``k`` covers rows
-    ``[k*mbs*dp, (k+1)*mbs*dp)`` and rank ``r`` its ``r``-th slice; every row once over
-    all ranks (the last batches may be short or empty); ``limit`` caps batches per rank."""
-    count = 0
-    step = micro_batch_size * dp_size
-    for start in range(0, n, step):
-        lo = start + dp_rank * micro_batch_size
-        hi = min(lo + micro_batch_size, n)
-        if lo >= hi:
-            continue
-        if limit is not None and count >= limit:
-            return
-        count += 1
-        yield range(lo, hi)
 
 
 def evaluate_prepared(
@@ -90,7 +73,7 @@ def evaluate_prepared(
     import numpy as np
     import torch
 
-    from ..train.data import collate
+    from ..train.data import collate, rank_batches
     from ..train.strategy import count_label_tokens, token_loss_sum
 
     ds, has_bytes = _open(dataset)

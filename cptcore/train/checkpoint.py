@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CptError
-from .integrity import CHECKSUMS, inside, verify_checksums, write_checksums
+from .integrity import inside, verify_checksums, write_checksums
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")

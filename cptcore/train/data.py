@@ -331,29 +331,38 @@ class Loader:
         return self.collate_fn(rows, self.pad_id, self.block_mask, self.mask_dtype), last
 
 
+def rank_batches(n: int, micro_batch_size: int, dp_size: int, dp_rank: int, limit: int | None) -> Iterator[range]:
+    """Row index ranges of this rank's micro-batches over ``n`` held-out rows: global
+    batch ``k`` covers rows ``[k*mbs*dp, (k+1)*mbs*dp)`` and rank ``r`` its ``r``-th slice;
+    every row once over all ranks (the last batches may be short or empty); ``limit``
+    caps batches per rank."""
+    count = 0
+    step = micro_batch_size * dp_size
+    for start in range(0, n, step):
+        lo = start + dp_rank * micro_batch_size
+        hi = min(lo + micro_batch_size, n)
+        if lo >= hi:
+            continue
+        if limit is not None and count >= limit:
+            return
+        count += 1
+        yield range(lo, hi)
+
+
 def eval_batches(folders: Sequence[Path], micro_batch_size: int, dp_size: int, dp_rank: int,
                  pad_id: int | None, block_mask: bool, limit: int | None = None,
                  mask_dtype: Any = None, collate_fn: Callable[..., dict] | None = None,
                  columns: Sequence[str] = REQUIRED_COLUMNS) -> Iterator[dict]:
-    """Held-out micro-batches for this rank, in order, covering every row once (the last
-    global batch may be short; a rank with no rows left yields nothing). ``limit`` caps
-    the micro-batches per rank."""
+    """Held-out micro-batches for this rank, in order, covering every row once
+    (:func:`rank_batches`; a rank with no rows left yields nothing). ``limit`` caps the
+    micro-batches per rank over all folders."""
     collate_fn = collate_fn or collate
     count = 0
     for folder in folders:
         ds = open_dataset(folder, columns)
-        n = len(ds)
-        step = micro_batch_size * dp_size
-        for start in range(0, n, step):
-            lo = start + dp_rank * micro_batch_size
-            hi = min(lo + micro_batch_size, n)
-            if lo >= hi:
-                continue
-            if limit is not None and count >= limit:
-                return
-            rows = [ds[i] for i in range(lo, hi)]
+        for idx in rank_batches(len(ds), micro_batch_size, dp_size, dp_rank, None if limit is None else limit - count):
             count += 1
-            yield collate_fn(rows, pad_id, block_mask, mask_dtype)
+            yield collate_fn([ds[i] for i in idx], pad_id, block_mask, mask_dtype)
 
 
 def seq_length(manifests: Sequence[Manifest | dict]) -> int | None:

@@ -21,7 +21,7 @@ from .build import apply_freeze
 from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
 from .parallel import Layout
 from .plan import Plan as RunPlan
-from .plan import layout_for, precheck
+from .plan import precheck
 
 if TYPE_CHECKING:
     from ..config import RunConfig

@@ -346,13 +346,14 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
     resume = resolve_resume(config.checkpointing.resume, t.out_dir, log=log)
     state = None
     if resume is not None:
-        done = int(validate_checkpoint(resume)["step"])  # verified (cached: check_resume does not hash again)
+        state = validate_checkpoint(resume)  # complete, checksums verified
+        done = int(state["step"])
         if done > t.max_steps:
             raise ConfigError(
                 f"{resume} is at step {done}, past training.max_steps={t.max_steps}: "
                 "raise --max-steps to continue it (or export it with cpt export)"
             )
-        state = check_resume(resume, config, pm, world)  # same layout, same data
+        check_resume(resume, config, pm, world, state=state)  # same layout, same data
     elif config.checkpointing.resume == "auto":
         log(f"--resume auto: no checkpoint in {t.out_dir}/checkpoints, starting fresh")
     else:

@@ -95,10 +95,10 @@ def data_differences(saved: dict, now: dict) -> list[str]:
     return out
 
 
-def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = None) -> dict:
-    """Validate and verify the checkpoint (:func:`~cptcore.train.checkpoint.validate_checkpoint`),
-    then compare its layout, sampler settings and data with this run's. Returns the
-    trainer state.
+def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = None, state: dict | None = None) -> dict:
+    """Validate and verify the checkpoint (:func:`~cptcore.train.checkpoint.validate_checkpoint`;
+    skipped when the caller passes the ``state`` it returned), then compare its layout,
+    sampler settings and data with this run's. Returns the trainer state.
 
     Raises:
         CptError: damaged or incomplete checkpoint; ConfigError: ``cannot resume CKPT:
@@ -108,7 +108,8 @@ def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = No
     from .checkpoint import validate_checkpoint
 
     world = world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
-    state = validate_checkpoint(resume)
+    if state is None:
+        state = validate_checkpoint(resume)
     saved_layout = dict(state.get("layout") or {"world_size": state.get("world_size", 1)})
     if "strategy" in saved_layout:  # the live strategy may carry an alias ("3d" for hybrid3d)
         try:

@@ -16,8 +16,8 @@ and a custom loop composes the same parts (``examples/custom_trainer.py``)::
 
 ``train_step`` is the only copy of the step: ``backward()`` is one hop away, inside
 ``strategy.forward_backward`` (:mod:`cptcore.train.strategy`), with the objective's loss.
-Evaluation iterates over :attr:`Trainer.eval_sets` (a mapping of name -> batches; today
-one set, ``"eval"``, of every ``data.eval`` folder).
+Evaluation iterates over :attr:`Trainer.eval_sets`: one entry per named ``data.eval`` set
+(``--eval-data NAME=PATH``), reported as ``eval/NAME/{loss,perplexity,bpb,tokens}``.
 
 Outputs (``OUT = training.out_dir``): ``config.yaml``, ``logs/metrics.jsonl``,
 ``logs/tensorboard/``, ``checkpoints/step-N/``, ``final/``, ``summary.json``.
@@ -26,14 +26,13 @@ Outputs (``OUT = training.out_dir``): ``config.yaml``, ``logs/metrics.jsonl``,
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,13 +40,13 @@ import torch.distributed as dist
 
 from ..config import write_resolved
 from ..errors import CptError
-from ..registries import call_provider
-from . import build
 from ..eval.bpb import EvalResult as BpbResult
 from ..eval.bpb import result as bpb_result
 from ..eval.prepared import evaluate_prepared
+from ..registries import call_provider
+from . import build
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import Loader, collate, eval_batches
+from .data import Loader, collate
 from .launch import init_distributed
 from .metrics import Progress, make_loggers, peak_memory_mb, truncate_jsonl
 from .optim import scheduler_factory
@@ -99,14 +98,6 @@ class StepMetrics:
     seconds: float
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    """One eval set's summed loss (nats) and label-token count, all ranks."""
-
-    loss_sum: float
-    tokens: int
-
-
 def all_reduce_sum(values: Sequence[float], device: Any, group: Any = None) -> list[float]:
     """Sum over ``group`` (the data-parallel group: TP/PP ranks hold the same tokens); float64."""
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
@@ -126,7 +117,7 @@ class Trainer:
     Attributes (after :meth:`setup`): ``strategy`` (:class:`~cptcore.train.strategy.Strategy`),
     ``model`` (wrapped), ``hf_model`` (the unwrapped module it wraps), ``optimizer``,
     ``scheduler``, ``loader`` (``None`` without training data), ``eval_sets``
-    (name -> ``f() -> iterable of batches``), ``noise`` (handle or ``None``), ``state``.
+    (name -> ``f()`` returning an eval result or an iterable of batches), ``noise`` (handle or ``None``), ``state``.
     """
 
     def __init__(self, plan: "Plan", pm: "CptPluginManager") -> None:
