@@ -478,3 +478,21 @@ def test_interrupted_save_leftovers_are_removed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
     assert (path / "checksums.sha256").is_file()
     assert json.loads((path / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_one_process_group_leaves_no_rank_variables_behind(monkeypatch):
+    """An in-process run (``cpt train`` as a library call) creates a one-process group;
+    afterwards the process must not look like one of torchrun's ranks, or a later
+    ``cpt train --nproc-per-node 2`` from it runs as a single rank of world size 1."""
+    import os
+
+    import torch.distributed as dist
+
+    from cptcore.train.launch import process_group
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with process_group(0) as (rank, world):
+        assert (rank, world) == (0, 1) and os.environ["WORLD_SIZE"] == "1" and dist.is_initialized()
+    assert not dist.is_initialized()
+    assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)

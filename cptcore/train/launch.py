@@ -9,12 +9,13 @@ The launcher is the ranks' parent, so their lifetime is tied to it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import CptError, ConfigError
 from .lifetime import LAUNCHER_PID_ENV
@@ -59,6 +60,35 @@ def init_distributed(seed: int) -> tuple[int, int]:
         verbose=False,
     )
     return rank, world
+
+
+_GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def process_group(seed: int) -> Iterator[tuple[int, int]]:
+    """:func:`init_distributed` for the length of one run: on exit the process group is
+    destroyed and the variables a one-process group set (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_PORT``, ...) are put back as they were, so a later ``cpt train
+    --nproc-per-node`` started from this process is not taken for one of torchrun's
+    ranks. Under torchrun the variables were there before and stay.
+
+    Yields:
+        ``(rank, world_size)``.
+    """
+    import torch.distributed as dist
+
+    before = {key: os.environ.get(key) for key in _GROUP_ENV}
+    try:
+        yield init_distributed(seed)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def plugin_fingerprint(pm: Any) -> str:

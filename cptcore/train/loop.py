@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .launch import check_fingerprints, init_distributed
+from .launch import check_fingerprints, process_group
 from .plan import absolute_inputs, check_fresh_out, check_optimizer, precheck
 
 if TYPE_CHECKING:
@@ -34,13 +34,8 @@ def train(config: "RunConfig", pm: "CptPluginManager") -> dict[str, Any]:
     plan = precheck(config, pm)
     # rank 0 locks OUT for the run; every rank reports write failures under OUT in one line
     with run_folder(Path(plan.config.training.out_dir), int(os.environ.get("RANK", "0") or 0)):
-        init_distributed(config.training.seed)
-        check_fingerprints(pm)
-        from .trainer import Trainer  # torch: only once the checks have passed
-        import torch.distributed as dist
+        with process_group(config.training.seed):
+            check_fingerprints(pm)
+            from .trainer import Trainer  # torch: only once the checks have passed
 
-        try:
             return Trainer(plan, pm).fit()
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
