@@ -116,3 +116,29 @@ def test_advise_cli_json_and_png(cpt_cli, tmp_path, smollm2_tokenizer_dir):
     assert "rule:" in out and "too small" in out
     code, out = cpt_cli("tokenizer", "advise", "--base", str(smollm2_tokenizer_dir), "--corpus", "law")
     assert code == 1 and "--corpus expects NAME=FILE, got 'law'" in out
+
+
+def test_advise_bad_inputs_one_line_before_the_work(cpt_cli, tmp_path, smollm2_tokenizer_dir):
+    """--json into a missing folder is created up front (it was a matplotlib traceback
+    after the whole run); a file in the way, an empty plain-text corpus (was a
+    ZeroDivisionError) and a corpus of lines all too long to train on (the message named
+    a temporary file and said "empty") are one-line errors naming the user's file."""
+    base = ["tokenizer", "advise", "--base", str(smollm2_tokenizer_dir), "--sizes", "2000"]
+    law = f"law={bundled('zh_law_train.jsonl')}"
+    code, out = cpt_cli(*base, "--corpus", law, "--json", str(tmp_path / "new" / "sub" / "a.json"))
+    assert code == 0, out
+    assert (tmp_path / "new" / "sub" / "a.json").is_file() and (tmp_path / "new" / "sub" / "a.png").is_file()
+    report = json.loads((tmp_path / "new" / "sub" / "a.json").read_text(encoding="utf-8"))
+    assert report["train_lines"] > 0 and report["train_lines_skipped_too_long"] == 0
+    (tmp_path / "afile").write_text("x")
+    code, out = cpt_cli(*base, "--corpus", law, "--json", str(tmp_path / "afile" / "a.json"))
+    assert code == 1 and f"error: --json {tmp_path / 'afile' / 'a.json'}: {tmp_path / 'afile'} is a file, not a folder" in out
+    assert "Traceback" not in out
+    (tmp_path / "empty.txt").write_text("  \n")
+    code, out = cpt_cli(*base, "--corpus", law, "--corpus", f"e={tmp_path / 'empty.txt'}")
+    assert code == 1 and f"error: {tmp_path / 'empty.txt'}: no text in this file" in out
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({"text": "中华人民共和国" * 1000}) + "\n", encoding="utf-8")
+    code, out = cpt_cli(*base, "--corpus", f"h={huge}", "--max-sentence-length", "1000")
+    assert code == 1 and "error: no text to train on (1 lines longer than --max-sentence-length 1000 bytes" in out
+    assert f"the training documents of {huge}" in out and "cpt_advise_" not in out

@@ -12,6 +12,7 @@ import typer
 
 from ..errors import ConfigError
 from ..eval.sets import parse_named
+from ..model.outdir import prepare_out_file
 
 
 def _named(values: List[str] | None, flag: str) -> dict[str, str]:
@@ -132,11 +133,12 @@ def eval_command(
 ) -> None:
     """Bits per byte of models x raw-text sets (comparable across tokenizers) and
     multiple-choice accuracy; prints tables, optionally writes JSON."""
+    if json_out is not None:
+        prepare_out_file(json_out, "--json")  # before the evaluation, not after
     result = run_eval(model, _named(text, "--text"), _named(mc, "--mc"), _named(mc_dev, "--mc-dev"), k_shot,
                       max_length, stride, batch_tokens, dtype, text_field, full_text=full_text)
     print_tables(result)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_out}")
 

@@ -82,30 +82,43 @@ def advise_command(
     character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece."),
     threads: int = typer.Option(2, "--threads", help="SentencePiece trainer threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of SentencePiece's sampler."),
+    max_sentence_length: int = typer.Option(16384, "--max-sentence-length", help="Longest training line, in bytes (longer ones are counted and skipped)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of compression against size (default: beside --json, .png)."),
 ) -> None:
     """Measure compression, retained-text changes, memory and cost per candidate vocabulary size; recommend one."""
     import json
 
+    from ..model.outdir import prepare_out_file
     from ..tokenizer.advise import advise, parse_named, parse_sizes
     from ..tokenizer.advise_report import plot_advise, print_advise
     from ..tokenizer.train import TrainOptions
 
-    opts = TrainOptions(input_sentence_size=input_sentence_size, character_coverage=character_coverage, num_threads=threads, seed=seed)
+    corpora, retained, size_list = parse_named(corpus, "--corpus"), parse_named(retain, "--retain"), parse_sizes(sizes)
+    if plot is None and json_out is not None:
+        plot = json_out.with_suffix(".png")
+    for path, flag in ((json_out, "--json"), (plot, "--plot")):
+        if path is not None:
+            prepare_out_file(path, flag)  # before minutes of work, not after
+
+    opts = TrainOptions(
+        input_sentence_size=input_sentence_size, character_coverage=character_coverage, num_threads=threads, seed=seed,
+        max_sentence_length=max_sentence_length,
+    )
     report = advise(
         base,
-        parse_named(corpus, "--corpus"),
-        parse_named(retain, "--retain"),
-        parse_sizes(sizes),
+        corpora,
+        retained,
+        size_list,
         model=model,
         knee_gain=knee_gain,
         heldout_every=heldout_every,
         train_options=opts,
     )
     print_advise(report)
-    if plot is None and json_out is not None:
-        plot = json_out.with_suffix(".png")
+    if report["train_lines_skipped_too_long"]:
+        typer.echo(f"note: {report['train_lines_skipped_too_long']} training lines longer than --max-sentence-length were skipped"
+                   f" ({report['train_lines']} used)")
     if plot is not None:
         typer.echo(f"wrote {plot_advise(report, plot)}")
     if json_out is not None:

@@ -43,3 +43,25 @@ def prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
                     stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def prepare_out_file(path: str | Path, flag: str) -> Path:
+    """Make ``path`` writable as a report file *before* the work that produces it: its
+    parent folders are created; a long run then cannot end in a traceback because the
+    folder is missing.
+
+    Raises:
+        CptError: ``path`` is a folder, or a parent is a file or cannot be created
+            (``flag`` names the option in the message).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise CptError(f"{flag} {p}: is a folder, expected a file name")
+    blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise CptError(f"{flag} {p}: {blocker} is a file, not a folder")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CptError(f"{flag} {p}: cannot create its folder {p.parent} ({exc.strerror or exc})") from None
+    return p

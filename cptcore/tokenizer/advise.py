@@ -287,7 +287,7 @@ def knee(rows: list[dict[str, Any]], base_tpc: float, gain: float) -> dict[str, 
     return {"size": recommended, "rule": rule, "threshold": gain, "gains": gains, "note": note}
 
 
-def _train_domain_model(train_texts: list[str], size: int, workdir: Path, options: Any) -> Path:
+def _train_domain_model(train_texts: list[str], size: int, workdir: Path, options: Any) -> tuple[Path, Any]:
     from dataclasses import replace
 
     from .train import train_sentencepiece
@@ -297,8 +297,7 @@ def _train_domain_model(train_texts: list[str], size: int, workdir: Path, option
         for text in train_texts:
             fh.write(text.replace("\r", "\n"))
             fh.write("\n")
-    model, _ = train_sentencepiece([src], workdir / "sp", replace(options, vocab_size=size, model_type="bpe"))
-    return model
+    return train_sentencepiece([src], workdir / "sp", replace(options, vocab_size=size, model_type="bpe"))
 
 
 def advise(
@@ -388,7 +387,11 @@ def advise(
     vocab_before = None
     with tempfile.TemporaryDirectory(prefix="cpt_advise_") as tmp:
         t_train = time.perf_counter()
-        sp_model = _train_domain_model(train_texts, sizes[-1], Path(tmp), opts)
+        try:
+            sp_model, train_stats = _train_domain_model(train_texts, sizes[-1], Path(tmp), opts)
+        except DataError as exc:  # its message names the temporary training file: name the corpora
+            reason = exc.reason.replace(f" in {Path(tmp) / 'domain_train.txt'}", "")
+            raise DataError(f"{reason} (the training documents of {', '.join(ts.path for ts in sets)})") from None
         train_seconds = time.perf_counter() - t_train
         for size in sizes:
             pieces = derive_pieces(sp_model, size)
@@ -450,6 +453,8 @@ def advise(
         "model": facts,
         "sizes": rows,
         "train_seconds": round(train_seconds, 2),
+        "train_lines": train_stats.sentences,
+        "train_lines_skipped_too_long": train_stats.skipped_too_long,
     }
     if facts:
         base_cost = _cost(facts, facts["rows"], sum(base_tokens.values()) / all_bytes)

@@ -25,8 +25,13 @@ def read_eval_texts(path: str | Path, text_field: str = "text") -> list[str]:
     file (read by :mod:`cptcore.data.readers`; empty ones left out), or
     the whole file as one document (any other suffix).
 
+    Every caller measures the text (tokens/char, KL, bpb), so a file without any
+    non-blank document is an error, not an empty list (it gave divisions by zero and a
+    safety check that measured nothing and said "safe").
+
     Raises:
-        DataError: missing file, not UTF-8, or a bad JSONL line (``path:line``).
+        DataError: missing file, not UTF-8, a bad JSONL line (``path:line``), or no
+            text in the file.
     """
     from ..data import readers
 
@@ -35,10 +40,11 @@ def read_eval_texts(path: str | Path, text_field: str = "text") -> list[str]:
         raise DataError("evaluation text not found", path=str(p))
     if readers.file_format(str(p)) == "text" and not p.name.endswith(".gz"):
         try:
-            return [p.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")]
+            texts = [p.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")]
         except UnicodeDecodeError as exc:
             line = p.read_bytes()[: exc.start].count(b"\n") + 1
             raise DataError("not UTF-8 text", path=str(p), line=line) from None
+        return _require_text(texts, p)
     texts = []  # JSONL/JSON/Parquet (.gz too): the same reader and messages as cpt prepare
     for rec in readers.iter_file(str(p), text_field):
         if rec.error in ("empty document", "empty file"):
@@ -46,6 +52,12 @@ def read_eval_texts(path: str | Path, text_field: str = "text") -> list[str]:
         if rec.error:
             raise DataError(rec.error, path=rec.path, line=rec.line)
         texts.append(rec.text if rec.text is not None else (rec.source or "") + (rec.target or ""))
+    return _require_text(texts, p)
+
+
+def _require_text(texts: list[str], path: Path) -> list[str]:
+    if not any(t.strip() for t in texts):
+        raise DataError("no text in this file (every document is empty or blank)", path=str(path))
     return texts
 
 

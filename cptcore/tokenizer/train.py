@@ -108,7 +108,10 @@ def iter_sentences(paths: list[Path], text_field: str, max_bytes: int, stats: Tr
                 yield sentence
     if stats.sentences == 0:
         names = ", ".join(str(p) for p in paths)
-        raise DataError(f"no text to train on in {names} (every file is empty or blank)")
+        why = "every file is empty or blank"
+        if stats.skipped_too_long:
+            why = f"{stats.skipped_too_long} lines longer than --max-sentence-length {max_bytes} bytes were skipped, the rest is empty or blank"
+        raise DataError(f"no text to train on in {names} ({why})")
 
 
 def _guarded(sentences: Iterator[str], failure: list[CptError]) -> Iterator[str]:
