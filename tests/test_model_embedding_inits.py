@@ -116,7 +116,7 @@ def test_third_party_init_through_the_hook_and_zero_warns(tmp_path, mistral_toke
     model = AutoModelForCausalLM.from_pretrained(src)
     with pytest.raises(CptError, match=r"unknown option for embedding init 'multivariate'.*did you mean.*scale"):
         resize_embeddings(model, old_tok, new_tok, init="multivariate", init_options={"scal": "1"})
-    with pytest.raises(CptError, match="embedding init 'noisy_mean': scale must be >= 0, got -1.0"):
+    with pytest.raises(CptError, match="embedding init 'noisy_mean': scale must be a finite number >= 0, got -1.0"):
         resize_embeddings(model, old_tok, new_tok, init="noisy_mean", init_options={"scale": "-1"})
     a = resize_embeddings(AutoModelForCausalLM.from_pretrained(src), old_tok, new_tok, init="hewitt", init_options={"scale": "0.5"})
     assert a["init"] == "multivariate" and a["init_options"] == {"scale": 0.5}

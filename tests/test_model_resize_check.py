@@ -116,3 +116,31 @@ def test_cli_prints_check_and_refuses_with_the_number(cpt_cli, tmp_path: Path, m
     assert code == 1 and "unsafe resize: KL(base || resized)" in out  # the CLI's plugin manager finds plugin inits
     code, out = cpt_cli(*args, "--out", str(tmp_path / "o3"), "--init-option", "scale")
     assert code == 1 and "--init-option expects KEY=VALUE, got 'scale'" in out
+
+
+def test_check_that_would_measure_nothing_is_refused(cpt_cli, tmp_path: Path, mistral_tokenizer_dir: Path):
+    """An empty --retain file or --check-tokens 0 measured no position and said "safe";
+    an empty --domain file was a TypeError traceback; --max-kl nan/-1 could never pass:
+    each is now one line before any weight is written."""
+    extra = tmp_path / "extra.txt"
+    extra.write_text("量子\n", encoding="utf-8")
+    expand_tokenizer(mistral_tokenizer_dir, extra, tmp_path / "new")
+    src = make_tiny_llama(tmp_path / "m", mistral_tokenizer_dir)
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.txt").write_text(" \n\n")
+    (tmp_path / "ws.jsonl").write_text('{"text": "   "}\n')
+    args = ["model", "resize", "--model", str(src), "--tokenizer", str(tmp_path / "new"), "--check-tokens", "32"]
+    cases = [
+        (["--retain", str(tmp_path / "empty.jsonl")], f"error: {tmp_path / 'empty.jsonl'}: no text in this file"),
+        (["--domain", str(tmp_path / "blank.txt")], f"error: {tmp_path / 'blank.txt'}: no text in this file"),
+        (["--domain", str(tmp_path / "ws.jsonl")], f"error: {tmp_path / 'ws.jsonl'}: no text in this file"),
+        (["--check-tokens", "0"], "error: --check-tokens must be a positive integer, got 0"),
+        (["--max-kl", "nan"], "error: --max-kl must be a finite number >= 0 (nats/token), got nan"),
+        (["--max-kl", "-1"], "error: --max-kl must be a finite number >= 0 (nats/token), got -1.0"),
+        (["--init", "noisy_mean", "--init-option", "scale=inf"], "scale must be a finite number >= 0, got inf"),
+    ]
+    for i, (extra_args, message) in enumerate(cases):
+        out_dir = tmp_path / f"o{i}"
+        code, out = cpt_cli(*args, *extra_args, "--out", str(out_dir))
+        assert code == 1 and message in out and "Traceback" not in out, (extra_args, out)
+        assert not (out_dir / "model.safetensors").exists()

@@ -26,6 +26,7 @@ Sums and covariances are float64; results are cast once to the matrix's dtype.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,8 +136,8 @@ class NoisyMeanOptions:
     scale: float = 0.1
 
     def __post_init__(self):
-        if not self.scale >= 0:
-            raise ValueError(f"scale must be >= 0, got {self.scale}")
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"scale must be a finite number >= 0, got {self.scale}")
 
 
 def init_noisy_mean(req: InitRequest):
@@ -156,8 +157,8 @@ class MultivariateOptions:
     scale: float = 1.0
 
     def __post_init__(self):
-        if not self.scale >= 0:
-            raise ValueError(f"scale must be >= 0, got {self.scale}")
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"scale must be a finite number >= 0, got {self.scale}")
 
 
 def init_multivariate(req: InitRequest):

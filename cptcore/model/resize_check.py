@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CptError
+from ..errors import ConfigError, CptError, DataError
 
 REPORT_NAME = "resize_report.json"
 DEFAULT_MAX_KL = 0.1
@@ -42,6 +42,11 @@ class CheckOptions:
     ``max_tokens``: tokens measured per sample (per-document windows of at most 256).
     ``domain_docs``, ``domain_chars``: the first documents of ``domain`` and the
     characters of each that are measured (bpb). ``max_kl``: nats.
+
+    Raises:
+        ConfigError: ``max_tokens``, ``domain_docs`` or ``domain_chars`` below 1, or
+            ``max_kl`` negative or not finite (a check that measures nothing, or can
+            never pass, is not a check).
     """
 
     retain: str | Path | None = None
@@ -51,6 +56,13 @@ class CheckOptions:
     domain_chars: int = 400
     max_kl: float = DEFAULT_MAX_KL
     allow_unsafe: bool = False
+
+    def __post_init__(self):
+        for flag, value in (("--check-tokens", self.max_tokens), ("domain_docs", self.domain_docs), ("domain_chars", self.domain_chars)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.max_kl) and self.max_kl >= 0):
+            raise ConfigError(f"--max-kl must be a finite number >= 0 (nats/token), got {self.max_kl!r}")
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float | None:
@@ -143,6 +155,8 @@ def measure_before(model: Any, old_tok: Any, options: CheckOptions) -> Before:
     retain = options.retain if options.retain is not None else bundled("en_retained_sample.jsonl")
     texts = _read(retain)
     windows = retained_windows(old_tok, texts, options.max_tokens)
+    if not windows:
+        raise DataError("the retained sample gives no tokens to measure", path=str(retain))
     logprobs = [_logprobs(model, w) for w in windows]
     domain_texts, domain = [], None
     if options.domain is not None:
