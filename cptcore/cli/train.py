@@ -100,10 +100,14 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
                     probe(cfg.training.out_dir)
 
             argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("cpt", "main.py") else None
-            if argv is None:
-                raise ConfigError("--nproc-per-node needs to be run from the 'cpt' command line")
-            code = launch(argv, nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rendezvous_timeout,
-                          precheck=check_first,
+
+            def check_then_argv() -> None:  # the run's own errors first, then how it was started
+                check_first()
+                if argv is None:
+                    raise ConfigError("--nproc-per-node needs to be run from the 'cpt' command line")
+
+            code = launch(argv or [], nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rendezvous_timeout,
+                          precheck=check_then_argv,
                           echo=lambda line: typer.echo(line, err=True))
             if code:
                 raise typer.Exit(code)
