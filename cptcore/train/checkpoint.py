@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CptError
-from .integrity import inside, verify_checksums, write_checksums
+from .integrity import check_tree, inside, verify_checksums, write_checksums
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
@@ -83,7 +83,9 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
 
     Checks: ``trainer_state.json`` parses and has ``step``, ``micro_batches``,
     ``tokens_seen`` (ints) and ``sampler`` (a dict with ``epoch``/``position``); the
-    model, optimizer, LR scheduler, config and per-rank RNG files exist; every shard name
+    model, optimizer, LR scheduler, config and per-rank RNG files exist; no symlink leaves
+    the folder and every entry is a folder or a regular file
+    (:func:`~cptcore.train.integrity.check_tree`, before any file is read); every shard name
     of an index stays inside its folder and exists; with ``verify`` every file matches
     ``checksums.sha256`` (once per process and folder); with ``world_size`` the saved
     world size matches.
@@ -95,6 +97,7 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
     p = Path(path)
     if not p.is_dir():
         raise CptError(f"checkpoint not found: {p}")
+    check_tree(p)  # no symlink out of the folder, no FIFO: before any file is read
     state_file = p / STATE
     if not state_file.is_file():
         raise CptError(f"{p}: incomplete checkpoint (no {STATE}; the save was interrupted)")
