@@ -129,7 +129,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class PluginsConfig:
     # plugin .py files the run loaded (cpt --plugin), recorded as {"path": absolute,
-    # "sha256": hex}; loaded again on resume, and a changed file is refused
+    # "sha256": hex}; a --config naming them loads them, a resume checks them against --plugin
     files: list[dict[str, str]] = field(default_factory=list)
 
 

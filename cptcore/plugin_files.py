@@ -1,7 +1,10 @@
 """Plugin files of a run (``cpt --plugin FILE``): recorded in ``OUT/config.yaml`` (and
-every checkpoint's) as ``plugins.files: [{path, sha256}]`` and loaded again on resume,
-so ``cpt train --resume auto`` needs no ``--plugin`` flag; a recorded file that is
-missing or whose bytes changed is refused by name (a changed logger, template or
+every checkpoint's) as ``plugins.files: [{path, sha256}]``. The run config the user
+gives (``--config``) loads its recorded files; on resume, the files recorded by the
+checkpoint (or ``OUT/config.yaml``) are checked, never imported: a plugin file is code,
+and a checkpoint is something people share, so only the command line (``--plugin``) or
+the user's own ``--config`` may load one (docs/security.md). A recorded file that is
+missing, changed, or not given again is refused by name (a changed logger, template or
 strategy would make the resumed run a different run)."""
 
 from __future__ import annotations
@@ -50,13 +53,39 @@ def load_recorded(pm: Any, files: list[dict[str, str]], where: str) -> None:
         pm.add_plugin_file(p)
 
 
-def with_plugin_files(config: Any, pm: Any) -> Any:
-    """Load the plugin files ``config`` records (``plugins.files``, e.g. from
-    ``--config OUT/config.yaml``) and, when the run resumes, those of the checkpoint it
-    resumes from; return ``config`` recording every plugin file ``pm`` holds.
+def require_loaded(pm: Any, files: list[dict[str, str]], where: str) -> None:
+    """Check that each file ``where`` (a checkpoint's or ``OUT``'s ``config.yaml``)
+    records is already loaded in ``pm`` (by ``--plugin`` or the user's ``--config``) with
+    the recorded sha256. Imports and reads nothing: the paths come from a file.
 
     Raises:
-        PluginError: a recorded file is missing or changed (see :func:`load_recorded`).
+        PluginError: ``WHERE: ...`` a malformed entry, a file not given on the command
+            line, or one whose imported bytes differ from the recorded sha256.
+    """
+    loaded = dict(pm.plugin_files)  # absolute path -> sha256 of the bytes imported
+    for entry in files:
+        path, digest = entry.get("path"), entry.get("sha256")
+        if not path or not digest or not isinstance(path, str) or not isinstance(digest, str):
+            raise PluginError(f"{where}: plugins.files entry {entry!r} needs 'path' and 'sha256'")
+        now = loaded.get(str(Path(path).resolve()))
+        if now is None:
+            raise PluginError(f"{where}: this run used plugin file {path} (sha256 {digest[:12]}...), which cpt train "
+                              f"does not load from a checkpoint (a plugin is code): pass it again, "
+                              f"cpt --plugin {path} train ...")
+        if now != digest:
+            raise PluginError(f"{where}: plugin file {path} changed since the run recorded it (sha256 {digest[:12]}... "
+                              f"now {now[:12]}...): restore it, or start a new run with another --out")
+
+
+def with_plugin_files(config: Any, pm: Any) -> Any:
+    """Load the plugin files ``config`` records (``plugins.files``, e.g. from
+    ``--config OUT/config.yaml``) and, when the run resumes, check those of the
+    checkpoint it resumes from (:func:`require_loaded`: never imported from there);
+    return ``config`` recording every plugin file ``pm`` holds.
+
+    Raises:
+        PluginError: a recorded file is missing or changed (see :func:`load_recorded`),
+            or one the checkpoint records was not given with ``--plugin``.
     """
     from .config import PluginsConfig
     from .train.checkpoint import resolve_resume
@@ -64,9 +93,13 @@ def with_plugin_files(config: Any, pm: Any) -> Any:
     load_recorded(pm, list(config.plugins.files), "plugins.files")
     resume = resolve_resume(config.checkpointing.resume, config.training.out_dir)
     if resume is not None:
+        if Path(resume).is_dir():  # no symlink out of the checkpoint before reading its config.yaml
+            from .train.integrity import check_tree
+
+            check_tree(resume)
         for source in (Path(resume) / "config.yaml", Path(config.training.out_dir) / "config.yaml"):
             if source.is_file():
-                load_recorded(pm, recorded_files(source), str(source))
+                require_loaded(pm, recorded_files(source), str(source))
                 break
     files = [{"path": path, "sha256": digest} for path, digest in pm.plugin_files]
     return dataclasses.replace(config, plugins=PluginsConfig(files=files))

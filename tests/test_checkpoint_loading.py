@@ -4,6 +4,7 @@ reads outside its folder (payload and traversal cases; the rest is in test_check
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -192,3 +193,76 @@ def test_checksum_entries_must_stay_inside(tmp_path):
     (tmp_path / CHECKSUMS).write_text("0" * 64 + "  ../secret\n")
     with pytest.raises(CptError, match=r"checksums.sha256:1: .* points outside"):
         read_checksums(tmp_path)
+
+
+# ------------------------------------------------------------------ plugin files, symlinks, FIFOs
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_resume_never_imports_a_plugin_file_named_by_the_checkpoint(env, tmp_path, monkeypatch, relative):
+    """A shared checkpoint's config.yaml can record plugins.files (path and sha256) next
+    to a Python file shipped with it: resume checks such files, never imports them."""
+    import yaml
+
+    from cptcore.errors import PluginError
+    from cptcore.plugin_files import with_plugin_files
+    from cptcore.plugins import file_sha256
+
+    out = _copy_run(env, tmp_path)
+    ckpt = out / "checkpoints" / "step-4"
+    marker = tmp_path / "ran"
+    evil = ckpt / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    named = str(evil.relative_to(tmp_path)) if relative else str(evil)
+    doc = yaml.safe_load((ckpt / "config.yaml").read_text(encoding="utf-8"))
+    doc["plugins"] = {"files": [{"path": named, "sha256": file_sha256(evil)}]}
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    _rehash(ckpt)
+    with pytest.raises(PluginError, match=f"config.yaml: this run used plugin file {named}.*--plugin"):
+        with_plugin_files(_resume_cfg(env, out, ckpt), _pm())
+    assert not marker.exists()
+
+
+
+@pytest.mark.parametrize("rel", ["model", "optimizer", "rng", "lr_scheduler.pt", "trainer_state.json",
+                                 "checksums.sha256", "model/pytorch_model.bin.index.json"])
+def test_symlink_out_of_the_checkpoint_is_refused(env, tmp_path, rel):
+    """A symlinked folder (``model -> /elsewhere``) is not walked by the checksum listing,
+    so before this check a checkpoint with its ``model/`` outside verified and loaded
+    shards from there; a symlinked file was read before the checksums were checked."""
+    from cptcore.train.checkpoint import validate_checkpoint
+    from cptcore.train.integrity import DamagedCheckpoint
+
+    ckpt = _copy_run(env, tmp_path) / "checkpoints" / "step-4"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ckpt / rel).rename(outside / "moved")
+    (ckpt / rel).symlink_to(outside / "moved", target_is_directory=(outside / "moved").is_dir())
+    if rel != "checksums.sha256":
+        _rehash(ckpt)  # the attacker lists what the listing sees
+    with pytest.raises(DamagedCheckpoint, match=f"symlink '{rel}' points outside the folder"):
+        validate_checkpoint(ckpt)
+
+
+def test_symlink_inside_the_checkpoint_is_fine(env, tmp_path):
+    from cptcore.train.checkpoint import validate_checkpoint
+
+    ckpt = _copy_run(env, tmp_path) / "checkpoints" / "step-4"
+    (ckpt / "lr_scheduler.pt").rename(ckpt / "lr.pt")
+    (ckpt / "lr_scheduler.pt").symlink_to("lr.pt")
+    _rehash(ckpt)
+    assert validate_checkpoint(ckpt)["step"] == 4
+
+
+def test_fifo_in_the_checkpoint_is_refused_not_read(env, tmp_path):
+    """A FIFO listed in checksums.sha256 blocked the hashing reader forever."""
+    from cptcore.train.checkpoint import validate_checkpoint
+    from cptcore.train.integrity import CHECKSUMS, DamagedCheckpoint
+
+    ckpt = _copy_run(env, tmp_path) / "checkpoints" / "step-4"
+    (ckpt / "lr_scheduler.pt").unlink()
+    os.mkfifo(ckpt / "lr_scheduler.pt")
+    table = (ckpt / CHECKSUMS).read_text()  # still lists lr_scheduler.pt
+    assert "  lr_scheduler.pt\n" in table
+    with pytest.raises(DamagedCheckpoint, match="lr_scheduler.pt: not a regular file"):
+        validate_checkpoint(ckpt)

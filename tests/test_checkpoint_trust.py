@@ -331,3 +331,27 @@ def test_verification_is_skipped_only_for_an_unchanged_folder(env, tmp_path, mon
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1_000_000))
     checkpoint.validate_checkpoint(ckpt)
     assert calls == [ckpt]
+
+
+@pytest.mark.parametrize("entry", [
+    {"world_size": "1"}, {"world_size": [1]}, {"world_size": None}, {"world_size": 1.5}, {"world_size": -1},
+    {"world_size": 10**12}, {"step": -3}, {"sampler": {"epoch": True, "position": 0}}, {"layout": "x"},
+    {"layout": {"world_size": [1], "strategy": ["ddp"]}}, {"data": "x"}, {"data": {"sources": "x", "shuffle": True}},
+    {"data": {"sources": [1], "shuffle": True}},
+])
+def test_trainer_state_with_odd_types_is_one_line(env, tmp_path, entry):
+    """trainer_state.json is read from a file someone may have written by hand: odd types
+    (re-hashed, so the checksums pass) are a one-line error naming it, never a traceback,
+    and a huge world_size does not build a list of 10**12 RNG file names."""
+    from cptcore.train.resume_check import check_resume
+
+    out = _copy_run(env, tmp_path)
+    ckpt = out / "checkpoints" / "step-4"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps(dict(state, **entry)))
+    _rehash(ckpt)
+    with pytest.raises(CptError) as info:
+        check_resume(ckpt, _resume_cfg(env, out, ckpt), _pm(), 1, state=None)
+    message = str(info.value)
+    assert "\n" not in message and (f"{ckpt}/trainer_state.json: corrupt trainer state" in message
+                                     or f"{ckpt}: incomplete checkpoint, missing rng/rank-1.json" in message), message

@@ -1,6 +1,7 @@
 """Resuming a run that used ``cpt --plugin FILE`` (issue 12 item 10): the file's path and
-sha256 are recorded in ``OUT/config.yaml``, ``--resume auto`` loads it without the flag,
-and a changed or missing file is refused by name."""
+sha256 are recorded in ``OUT/config.yaml``; ``--resume`` never imports it from there (a
+plugin is code, issue 11), so a resume without ``--plugin FILE`` is refused naming the
+flag, and a changed or missing file is refused by name."""
 
 from __future__ import annotations
 
@@ -53,25 +54,30 @@ def test_plugin_file_recorded_loaded_on_resume_and_refused_when_changed(cpt_cli,
     assert yaml.safe_load((out / "checkpoints" / "step-2" / "config.yaml").read_text())["plugins"]["files"] == recorded
     assert steps.read_text().split() == ["1", "2"]
 
-    # resume without --plugin: the recorded file is loaded (the 'recorder' logger exists again)
+    # resume without --plugin: refused, naming the file and the flag; nothing imported
     code, output = _train(cpt_cli, make_plugin_manager(entrypoints=False), model, data, out, 3, "--resume", "auto")
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1, output
+    assert f"this run used plugin file {plugin.resolve()}" in errors[0] and f"--plugin {plugin.resolve()}" in errors[0]
+    assert steps.read_text().split() == ["1", "2"]
+    # with --plugin again it resumes
+    code, output = _train(cpt_cli, make_plugin_manager(entrypoints=False, files=[plugin]), model, data, out, 3,
+                          "--resume", "auto")
     assert code == 0, output
     assert steps.read_text().split() == ["1", "2", "3"]
     assert yaml.safe_load((out / "config.yaml").read_text())["plugins"]["files"] == recorded
 
-    # a changed file is refused by name, before anything runs
+    # a changed file given again with --plugin is refused by name
     plugin.write_text(RECORDER + "\n# edited\n", encoding="utf-8")
-    code, output = _train(cpt_cli, make_plugin_manager(entrypoints=False), model, data, out, 4, "--resume", "auto")
+    code, output = _train(cpt_cli, make_plugin_manager(entrypoints=False, files=[plugin]), model, data, out, 4,
+                          "--resume", "auto")
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1, output
     assert f"plugin file {plugin.resolve()} changed since the run recorded it" in errors[0]
     assert "step-3/config.yaml" in errors[0]
     assert steps.read_text().split() == ["1", "2", "3"]
-    # also when the changed file is given again with --plugin
-    code, output = _train(cpt_cli, make_plugin_manager(entrypoints=False, files=[plugin]), model, data, out, 4,
-                          "--resume", "auto")
-    assert code == 1 and "changed since the run recorded it" in output
 
+    # deleted: resuming without it names the file it needs
     plugin.unlink()
     code, output = _train(cpt_cli, make_plugin_manager(entrypoints=False), model, data, out, 4, "--resume", "auto")
-    assert code == 1 and f"plugin file {plugin.resolve()} used by this run is missing" in output
+    assert code == 1 and f"this run used plugin file {plugin.resolve()}" in output

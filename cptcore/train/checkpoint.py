@@ -27,6 +27,7 @@ that must stay inside their folder. See docs/security.md.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -36,12 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CptError
-from .integrity import inside, verify_checksums, write_checksums
+from .integrity import check_tree, inside, verify_checksums, write_checksums
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
 #: trainer-state entries resume needs, and their types
 STATE_KEYS = {"step": int, "micro_batches": int, "tokens_seen": int, "sampler": dict}
+#: entries that may be absent (older checkpoints) but, when present, have these types
+#: (``world_size`` an int >= 1)
+OPTIONAL_KEYS = {"world_size": int, "layout": dict, "data": dict}
 #: digests of folders (path, every file's size and mtime) verified by this process or the
 #: launcher that started it (inherited through the environment: the ranks of
 #: ``cpt train --nproc-per-node`` do not hash a checkpoint their launcher just verified)
@@ -83,7 +87,9 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
 
     Checks: ``trainer_state.json`` parses and has ``step``, ``micro_batches``,
     ``tokens_seen`` (ints) and ``sampler`` (a dict with ``epoch``/``position``); the
-    model, optimizer, LR scheduler, config and per-rank RNG files exist; every shard name
+    model, optimizer, LR scheduler, config and per-rank RNG files exist; no symlink leaves
+    the folder and every entry is a folder or a regular file
+    (:func:`~cptcore.train.integrity.check_tree`, before any file is read); every shard name
     of an index stays inside its folder and exists; with ``verify`` every file matches
     ``checksums.sha256`` (once per process and folder); with ``world_size`` the saved
     world size matches.
@@ -95,6 +101,7 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
     p = Path(path)
     if not p.is_dir():
         raise CptError(f"checkpoint not found: {p}")
+    check_tree(p)  # no symlink out of the folder, no FIFO: before any file is read
     state_file = p / STATE
     if not state_file.is_file():
         raise CptError(f"{p}: incomplete checkpoint (no {STATE}; the save was interrupted)")
@@ -103,16 +110,25 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
         int(state["step"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CptError(f"{state_file}: corrupt trainer state ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CptError(f"{state_file}: corrupt trainer state (a {type(state).__name__}, not an object)")
     for name, kind in STATE_KEYS.items():
-        if not isinstance(state.get(name), kind) or isinstance(state.get(name), bool):
-            what = "no" if name not in state else f"a bad ({type(state[name]).__name__})"
+        value = state.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            what = "no" if name not in state else f"a bad ({type(value).__name__} {value!r:.40})"
             raise CptError(f"{state_file}: corrupt trainer state ({what} '{name}' entry)")
+    for name, kind in OPTIONAL_KEYS.items():  # a hostile file must not reach int()/dict() below
+        value = state.get(name, 1 if name == "world_size" else {})
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            raise CptError(f"{state_file}: corrupt trainer state (a bad ({type(value).__name__} {value!r:.40}) "
+                           f"'{name}' entry)")
     for name in ("epoch", "position") if state["sampler"] else ():  # {}: a Trainer run on its own batches
-        if not isinstance(state["sampler"].get(name), int) or state["sampler"][name] < 0:
+        value = state["sampler"].get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise CptError(f"{state_file}: corrupt trainer state (sampler has no valid '{name}')")
     needed = ["model", "optimizer", "lr_scheduler.pt", "config.yaml"]
-    needed += [f"rng/rank-{r}.json" for r in range(int(state.get("world_size", 1)))]
-    for rel in needed:
+    ranks = (f"rng/rank-{r}.json" for r in range(state.get("world_size", 1)))  # lazy: stops at the first missing
+    for rel in itertools.chain(needed, ranks):
         if not (p / rel).exists():
             if rel.startswith("rng/") and (p / rel.replace(".json", ".pt")).exists():
                 raise CptError(f"{p}: {rel.replace('.json', '.pt')} is a pickled RNG file (cptcore < 0.2), which "

@@ -48,6 +48,30 @@ def inside(folder: str | Path, rel: str, what: str = "path") -> Path:
     return base / rel
 
 
+def check_tree(folder: str | Path) -> None:
+    """Refuse a folder holding a symlink (to a file or a folder) that resolves outside
+    it, or an entry that is neither a folder nor a regular file (a FIFO would block the
+    reader, a device never ends). Reads no file; run it before reading anything from
+    ``folder``.
+
+    Raises:
+        DamagedCheckpoint: ``<folder>: symlink '<rel>' points outside the folder ...`` or
+            ``<folder>/<rel>: not a regular file``.
+    """
+    folder = Path(folder)
+    for root, dirs, names in os.walk(folder):
+        for name in sorted(dirs + names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, folder).replace(os.sep, "/")
+            if os.path.islink(full):
+                try:
+                    inside(folder, rel, "symlink")
+                except CptError as exc:
+                    raise DamagedCheckpoint(str(exc)) from None
+            if not (os.path.isdir(full) or os.path.isfile(full)):
+                raise DamagedCheckpoint(f"{full}: not a regular file (a checkpoint holds only files and folders)")
+
+
 def _files(folder: Path) -> list[str]:
     out = []
     for root, dirs, names in os.walk(folder):
@@ -152,6 +176,7 @@ def verify_checksums(folder: str | Path) -> dict[str, str]:
             present but not listed.
     """
     folder = Path(folder)
+    check_tree(folder)
     table = read_checksums(folder)
     present = set(_files(folder))
     for name in sorted(table):

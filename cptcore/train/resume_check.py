@@ -111,7 +111,10 @@ def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = No
     if state is None:
         state = validate_checkpoint(resume)
     saved_layout = dict(state.get("layout") or {"world_size": state.get("world_size", 1)})
-    if "strategy" in saved_layout:  # the live strategy may carry an alias ("3d" for hybrid3d)
+    if not all(isinstance(v, (int, str)) for v in saved_layout.values()):  # from a file: no lists, no objects
+        raise CptError(f"{Path(resume) / 'trainer_state.json'}: corrupt trainer state (a bad 'layout' entry: "
+                       f"{saved_layout!r:.80})")
+    if isinstance(saved_layout.get("strategy"), str):  # the live strategy may carry an alias ("3d" for hybrid3d)
         try:
             saved_layout["strategy"] = pm.registry("strategies").get(saved_layout["strategy"]).name
         except CptError:
@@ -137,7 +140,11 @@ def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = No
         raise ConfigError(f"cannot resume {resume} exactly: {'; '.join(order)} (the data order would differ); "
                           "use the checkpoint's values, or set checkpointing.new_data=true to start the data afresh")
     if "data" in state:
-        diff = data_differences(state["data"], data_fingerprint(config))
+        try:
+            diff = data_differences(state["data"], data_fingerprint(config))
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:  # odd types read from the file
+            raise CptError(f"{Path(resume) / 'trainer_state.json'}: corrupt trainer state (a bad 'data' entry: "
+                           f"{type(exc).__name__}: {exc})") from exc
         if diff:
             raise ConfigError(
                 f"cannot resume {resume}: the training data differs from the checkpoint's ({'; '.join(diff)}); "
