@@ -58,7 +58,9 @@ class OptimizerConfig:
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    weight_decay: float = 0.1  # not applied to norms and biases
+    weight_decay: float = 0.1  # not applied to norms, biases and (by default) embedding rows
+    # true: input/output embedding matrices are decayed too (cptcore < 0.3; docs/stages.md)
+    embedding_weight_decay: bool = False
     grad_clip: float = 1.0  # max global gradient L2 norm; 0 disables
 
 
@@ -77,7 +79,10 @@ class TrainingConfig:
     accumulation_steps: int = 1  # micro-batches per optimizer step
     global_batch_tokens: int | None = None  # if set, accumulation is derived from it
     seed: int = 42
-    freeze: str = "none"  # none | non-embeddings
+    freeze: str = "none"  # none | non-embeddings (= trainable: embeddings)
+    # all | embeddings | new_rows | non_embeddings | lora | [glob patterns of parameter
+    # names] | {new_rows_from: N} (cptcore.recipes.trainable; docs/stages.md)
+    trainable: str | list[str] | dict[str, Any] = "all"
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     eval_batches: int | None = None  # cap on eval micro-batches; None = all
     objective: str = "causal_lm"  # training objective (cpt objectives)
@@ -147,6 +152,8 @@ class RunConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    # multi-stage recipe (cptcore.recipes.stages; docs/stages.md); [] = one implicit stage
+    stages: list[dict[str, Any]] = field(default_factory=list)
     # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -155,6 +162,10 @@ class RunConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "sources":
+                continue
+            if f.name == "stages":  # a list of override mappings; absent when empty (today's config.yaml)
+                if self.stages:
+                    out["stages"] = [dict(s) for s in self.stages]
                 continue
             section = dataclasses.asdict(getattr(self, f.name))
             if f.name in _OPEN_SECTIONS:
@@ -409,6 +420,17 @@ def load_config(
     for item in sets:
         key, value = parse_set(item)
         apply({key: value}, f"--set {item}")
+    return build_config(tree, sources)
+
+
+def build_config(tree: Mapping[str, Any], sources: Mapping[str, str]) -> RunConfig:
+    """A :class:`RunConfig` from a nested dict (the form :meth:`RunConfig.to_dict`
+    gives), ``sources`` naming where each dotted key came from (used in errors).
+
+    Raises:
+        ConfigError: unknown key or wrong type, naming the key and its source.
+    """
+    sources = dict(sources)
     cfg = _build(RunConfig, tree, "", sources)
     cfg = dataclasses.replace(cfg, sources=sources)
     budget = check_budget(cfg.eval.budget, cfg.eval.on_budget, cfg.data.eval, lambda key: _source_of(key, sources))

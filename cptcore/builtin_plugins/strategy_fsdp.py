@@ -75,7 +75,8 @@ class FSDPStrategy(ShardedStrategy):
              scheduler_factory: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
         from colossalai.booster.plugin.torch_fsdp_plugin import FSDPOptimizerWrapper
 
-        decay = {g_name: g["weight_decay"] for g in param_groups(model, optimizer_config.weight_decay)
+        decay = {g_name: g["weight_decay"] for g in param_groups(model, optimizer_config.weight_decay,
+                                                             optimizer_config.embedding_weight_decay)
                  for g_name in g["names"]}
         model, _, _, _, _ = self.booster.boost(model)  # no optimizer: the plugin would rebuild it in one group
         groups: dict[float, list] = {}

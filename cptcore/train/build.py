@@ -60,9 +60,11 @@ def apply_freeze(model: Any, freeze: str) -> int:
 
 def build_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
     """``cpt_build_model`` (built-in provider + wrappers such as LoRA), then the freeze
-    policy. Seed torch first for reproducible adapter initialisation."""
+    policy (:func:`cptcore.recipes.trainable.apply_trainable`). Seed torch first for reproducible adapter initialisation."""
+    from ..recipes.trainable import apply_trainable
+
     model = call_provider(pm, "cpt_build_model", config=config)
-    apply_freeze(model, config.training.freeze)
+    apply_trainable(model, config)  # training.trainable, with training.freeze folded in
     return model
 
 

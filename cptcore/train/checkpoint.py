@@ -45,7 +45,7 @@ _STEP = re.compile(r"^step-(\d+)$")
 STATE_KEYS = {"step": int, "micro_batches": int, "tokens_seen": int, "sampler": dict}
 #: entries that may be absent (older checkpoints) but, when present, have these types
 #: (``world_size`` an int >= 1)
-OPTIONAL_KEYS = {"world_size": int, "layout": dict, "data": dict}
+OPTIONAL_KEYS = {"world_size": int, "layout": dict, "data": dict, "stage": dict}  # stage: cptcore.recipes.stages
 #: digests of folders (path, every file's size and mtime) verified by this process or the
 #: launcher that started it (inherited through the environment: the ranks of
 #: ``cpt train --nproc-per-node`` do not hash a checkpoint their launcher just verified)

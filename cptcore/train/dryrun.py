@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..builtin_plugins.lora import add_lora
 from ..model.load import check_model_path
-from .build import apply_freeze
+from ..recipes.trainable import apply_trainable
 from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
 from .parallel import Layout
 from .plan import Plan as RunPlan
@@ -69,7 +69,7 @@ def meta_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=config.model.trust_remote_code)
         if config.lora.enabled:
             model = add_lora(model, config.lora)
-    apply_freeze(model, config.training.freeze)
+    apply_trainable(model, config)
     return model
 
 
@@ -148,7 +148,19 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
 
 def dry_run(config: "RunConfig", pm: "CptPluginManager", nproc_per_node: int | None = None, nnodes: int = 1,
             echo: Callable[[str], None] = print) -> DryRun:
-    """``cpt train --dry-run``: :func:`plan_dry_run` then :func:`render`."""
+    """``cpt train --dry-run``: :func:`plan_dry_run` then :func:`render`; with
+    ``stages:`` one line per stage first, and the estimate of the first stage to run."""
+    if config.stages:
+        from ..recipes.stages import describe, precheck_stages
+
+        recipe = precheck_stages(config, pm, world_size(nproc_per_node, nnodes), dry_run=True)
+        for line in describe(recipe):
+            echo(line)
+        todo = [s for s in recipe.stages if not s.finished]
+        if not todo:
+            echo("dry run: every stage is finished")
+            return None  # type: ignore[return-value]
+        config = todo[0].config
     result = plan_dry_run(config, pm, world_size(nproc_per_node, nnodes))
     render(result, echo)
     return result

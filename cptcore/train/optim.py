@@ -8,13 +8,19 @@ from typing import Any, Callable
 from ..errors import ConfigError
 
 
-def param_groups(model: Any, weight_decay: float) -> list[dict]:
+def param_groups(model: Any, weight_decay: float, embedding_weight_decay: bool = False) -> list[dict]:
     """Split trainable parameters into a decayed and a non-decayed group.
 
     No weight decay on biases and normalisation weights: every parameter with fewer than
     2 dimensions (``*.bias``, RMSNorm/LayerNorm ``weight``), as in GPT-2/nanoGPT
-    (karpathy/nanoGPT ``model.py: configure_optimizers``). Frozen parameters
-    (``requires_grad=False``) are left out. Order follows ``model.named_parameters()``.
+    (karpathy/nanoGPT ``model.py: configure_optimizers``), nor, unless
+    ``embedding_weight_decay`` (``optimizer.embedding_weight_decay``), on the input
+    embedding and output head matrices
+    (:func:`cptcore.recipes.trainable.embedding_parameters`): AdamW's decoupled decay
+    shrinks every row every step, also the rows the data never touches (measured on
+    SmolLM2-135M: 49,151 of 49,152 rows changed in 3 steps; docs/stages.md). Frozen
+    parameters (``requires_grad=False``) are left out. Order follows
+    ``model.named_parameters()``.
 
     Returns:
         ``[{"params": [...], "weight_decay": weight_decay, "names": [...]},
@@ -23,18 +29,21 @@ def param_groups(model: Any, weight_decay: float) -> list[dict]:
     Raises:
         ConfigError: no parameter is trainable.
     """
+    from ..recipes.trainable import embedding_parameters
+
+    embeddings = set() if embedding_weight_decay else {id(p) for _, p in embedding_parameters(model)}
     decay, no_decay, decay_names, no_decay_names = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2:
+        if p.ndim < 2 or id(p) in embeddings:
             no_decay.append(p)
             no_decay_names.append(name)
         else:
             decay.append(p)
             decay_names.append(name)
     if not decay and not no_decay:
-        raise ConfigError("no trainable parameters (check --freeze and lora settings)")
+        raise ConfigError("no trainable parameters (check training.trainable / --freeze and lora settings)")
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay, "names": decay_names})

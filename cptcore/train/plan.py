@@ -26,6 +26,7 @@ from ..contract import Manifest
 from ..data.manifest import check_labelled
 from ..errors import ConfigError, DataError
 from ..model.load import check_model_path, choose_attention, compute_dtype, load_tokenizer
+from ..recipes import trainable
 from ..specs import Capabilities
 from .build import FREEZE_CHOICES, accumulation_steps, model_config_dict
 from .checkpoint import list_checkpoints, resolve_resume, validate_checkpoint
@@ -151,6 +152,7 @@ def check_numbers(config: RunConfig) -> None:
         raise ConfigError(f"training.freeze: unknown '{t.freeze}' (valid: {', '.join(FREEZE_CHOICES)})")
     if config.lora.enabled and t.freeze != "none":
         raise ConfigError("--freeze non-embeddings and lora.enabled exclude each other (use lora.train_embeddings)")
+    trainable.check(config)  # training.trainable (new_rows: its original row count)
     lr_lambda(config.schedule.name, config.schedule.warmup_steps, t.max_steps, config.schedule.min_lr_ratio)
     check_optimizer(config.optimizer)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
@@ -188,7 +190,7 @@ def check_capabilities(name: str, caps: Capabilities, config: RunConfig) -> None
     refuse = {key: caps.why_not.get(key, "use 'ddp' or disable it")
               for key in ("lora", "noise", "freeze") if not getattr(caps, key)}
     check_combination(name, lora=config.lora.enabled, noise=bool(config.noise.name),
-                      freeze=config.training.freeze != "none", refuse=refuse)
+                      freeze=trainable.restricts(config), refuse=refuse)
     if not caps.cpu:
         import torch  # only for strategies that declared they need CUDA
 
@@ -329,6 +331,7 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
         if not src.path.exists():
             raise DataError("prepared data folder not found", path=str(src.path))
     check_numbers(config)
+    trainable.check_patterns(config, pm)  # a pattern list: each matches a parameter (meta-device model)
     plugins = resolve_plugins(config, pm, world)
     tokenizer, manifests, eval_manifests = None, (), ()
     if train or evals:

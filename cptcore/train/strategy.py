@@ -228,7 +228,8 @@ class BoosterStrategy:
         ``booster.boost(model, optimizer)`` (the plugin wraps both together), then the
         scheduler on the boosted optimizer. Plugins that replace the parameters while
         wrapping (FSDP) override this."""
-        groups = strip_names(param_groups(model, optimizer_config.weight_decay))
+        groups = strip_names(param_groups(model, optimizer_config.weight_decay,
+                                           getattr(optimizer_config, "embedding_weight_decay", False)))
         optimizer = self.make_optimizer(groups, optimizer_config)
         model, optimizer, scheduler, _ = self.boost(model, optimizer, scheduler_factory)
         return model, optimizer, scheduler

@@ -67,16 +67,18 @@ class TrainState:
     tokens_seen: int = 0  # non-pad input tokens over all ranks
     loss_tokens: int = 0  # label tokens that carried loss, all ranks
     sampler: dict = field(default_factory=dict)
+    stage: dict | None = None  # a recipe stage's record {name, index, recipe_sha256} (cptcore.recipes.stages)
 
     def to_dict(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro_batches, "tokens_seen": self.tokens_seen,
-                "loss_tokens": self.loss_tokens, "sampler": self.sampler, "epoch": self.sampler.get("epoch", 0)}
+                "loss_tokens": self.loss_tokens, "sampler": self.sampler, "epoch": self.sampler.get("epoch", 0),
+                **({"stage": self.stage} if self.stage else {})}
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> "TrainState":
         return cls(step=int(saved["step"]), micro_batches=int(saved["micro_batches"]),
                    tokens_seen=int(saved["tokens_seen"]), loss_tokens=int(saved.get("loss_tokens", 0)),
-                   sampler=dict(saved.get("sampler") or {}))
+                   sampler=dict(saved.get("sampler") or {}), stage=saved.get("stage") or None)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Multi-stage recipes: stages of one run (:mod:`.stages`), trainable sets (:mod:`.trainable`)."""
