@@ -41,9 +41,18 @@ class DataConfig:
     eval: dict[str, str] | list[str] = field(default_factory=dict)
     shuffle: bool = True
     num_workers: int = 0
+    # rows (weights = row shares, the default) | tokens (weights = label-token shares) |
+    # bucketed (Colossal-LLaMA-2 buckets); see cptcore.recipes.mixing and docs/data.md "Mixing"
+    mixing: str = "rows"
+    repeat: bool = True  # false: a used-up source stops the run (per source: PATH:WEIGHT:norepeat)
+    buckets: int = 10  # bins per source with mixing: bucketed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval", named_sets(self.eval, "data.eval"))
+        if self.mixing not in ("rows", "tokens", "bucketed"):
+            raise ConfigError(f"data.mixing must be rows, tokens or bucketed, got {self.mixing!r}")
+        if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1:
+            raise ConfigError(f"data.buckets must be an integer >= 1, got {self.buckets!r}")
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,8 @@ def test_two_stages_new_rows_then_all_tied(env, tmp_path):
     assert [(s["name"], s["steps"], s["tokens"], s["trainable"]) for s in saved["stages"]] == [
         ("align", 3, 3 * 128, {"new_rows": n}), ("full", 2, 2 * 128, "all")]
     assert all(isinstance(s["final_loss"], float) and set(s["eval"]) == {"en"} for s in saved["stages"])
+    assert [s["data_mixing"]["mode"] for s in saved["stages"]] == ["rows", "rows"]  # per-stage realised shares
+    assert all(sum(v["rows"] for v in s["data_mixing"]["sources"].values()) == s["steps"] * 2 for s in saved["stages"])
     assert set(saved["baseline_eval"]) == {"en"} and saved["steps"] == 5
     assert (out / "baseline.json").is_file() and (out / "config.yaml").is_file()
     state = json.loads((out / "stages" / "full" / "checkpoints" / "step-2" / "trainer_state.json").read_text())

@@ -42,7 +42,7 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="Run config YAML."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: section.key=value (repeatable)."),
         model: Optional[str] = typer.Option(None, "--model", help="Hugging Face folder or .gguf file."),
-        data: Optional[List[str]] = typer.Option(None, "--data", help="Prepared folder PATH[:WEIGHT] (repeatable)."),
+        data: Optional[List[str]] = typer.Option(None, "--data", help="Prepared folder PATH[:WEIGHT][:norepeat] (repeatable; data.mixing says what weights mean)."),
         eval_data: Optional[List[str]] = typer.Option(None, "--eval-data", help="Named held-out prepared folder NAME=PATH, or PATH (named after its folder); repeatable."),
         out: Optional[str] = typer.Option(None, "--out", help="Output folder (OUT)."),
         strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy name (cpt strategies)."),

@@ -1,1 +1,1 @@
-"""Multi-stage recipes: stages of one run (:mod:`.stages`), trainable sets (:mod:`.trainable`)."""
+"""Multi-stage recipes: stages of one run (:mod:`.stages`), trainable sets (:mod:`.trainable`), data mixing (:mod:`.mixing`)."""

@@ -84,6 +84,8 @@ def stage_entry(stage: StagePlan, summary: dict) -> dict:
         "final_loss": summary.get("final_loss") if summary.get("final_loss") is not None else _last_loss(stage.out),
         "eval": summary.get("final_eval") or {}, "recipe_sha256": stage.recipe_sha256,
         "resumed_from": summary.get("resumed_from"), "out": str(stage.out),
+        # realised per-source shares of the stage and why it ended early (cptcore.recipes.mixing)
+        "data_mixing": summary.get("data_mixing"), "stopped": summary.get("stopped"),
     }
 
 

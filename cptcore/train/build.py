@@ -74,15 +74,22 @@ def attach_noise(choice: "Choice | None", model: Any) -> Any:
 
 
 def open_training_data(plan: "Plan", dp_size: int, dp_rank: int) -> tuple[MixedDataset, MixedSampler]:
-    """Open the planned training folders (memory-mapped) and make the sampler.
+    """Open the planned training folders (memory-mapped) and make the sampler that
+    ``data.mixing`` names (:func:`cptcore.recipes.mixing.make_sampler`; ``rows``, the
+    default, is :class:`MixedSampler`'s order).
 
     Raises:
         DataError: not an Arrow folder, missing columns, empty.
+        ConfigError: a mixing option that does not fit (see ``make_sampler``).
     """
     columns = plan.objective.spec.columns
     data = MixedDataset([open_dataset(s.path, columns) for s in plan.train], [s.weight for s in plan.train])
     t = plan.config.training
-    sampler = MixedSampler(data, t.micro_batch_size, dp_size, dp_rank, seed=t.seed, shuffle=plan.config.data.shuffle)
+    from ..recipes.mixing import make_sampler  # data.mixing: rows (MixedSampler's order) | tokens | bucketed
+    from .plan import log
+
+    sampler = make_sampler(data, data.datasets, [s.path for s in plan.train], [s.repeat for s in plan.train],
+                           plan.config.data, t.micro_batch_size, dp_size, dp_rank, seed=t.seed, log=log)
     return data, sampler
 
 

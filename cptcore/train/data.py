@@ -26,32 +26,51 @@ __all__ = ["IGNORE_INDEX", "REQUIRED_COLUMNS", "Manifest"]  # re-exported: the c
 
 @dataclass(frozen=True)
 class Source:
-    """One prepared folder and its mixing weight (relative; weights need not sum to 1)."""
+    """One prepared folder, its mixing weight (relative; weights need not sum to 1) and
+    whether it may be re-epoched when used up (``mixing: tokens``/``bucketed``)."""
 
     path: Path
     weight: float = 1.0
+    repeat: bool = True
 
 
-def parse_source(spec: str) -> Source:
-    """``"PATH[:WEIGHT]"`` -> :class:`Source`. A path that exists as written is literal
-    (a folder named ``run:1``); otherwise a suffix that is not a number is part of the
-    path, unless the path before it exists (then it is a mistyped weight).
+NOREPEAT = ":norepeat"
+
+
+def split_source(spec: str) -> tuple[str, float, bool]:
+    """``"PATH[:WEIGHT][:norepeat]"`` -> ``(PATH as written, weight, repeat)``. A path that
+    exists as written is literal (a folder named ``run:1``); otherwise a suffix that is
+    not a number is part of the path, unless the path before it exists (then it is a
+    mistyped weight).
 
     Raises:
         ConfigError: weight not a positive finite number; ``PATH:abc`` with PATH existing.
     """
-    path, weight = spec, 1.0
-    if ":" in spec and not os.path.exists(spec):
-        head, tail = spec.rsplit(":", 1)
+    path, weight, repeat = spec, 1.0, True
+    if path.endswith(NOREPEAT) and not os.path.exists(path):
+        path, repeat = path[:-len(NOREPEAT)], False
+    if ":" in path and not os.path.exists(path):
+        head, tail = path.rsplit(":", 1)
         try:
             weight = float(tail)
             path = head
         except ValueError:
             if head and os.path.exists(head):
-                raise ConfigError(f"--data {spec}: the weight {tail!r} is not a number (PATH:WEIGHT)") from None
+                raise ConfigError(f"--data {spec}: the weight {tail!r} is not a number "
+                                  "(PATH[:WEIGHT][:norepeat])") from None
     if not (weight > 0 and math.isfinite(weight)):
         raise ConfigError(f"data weight must be > 0 and finite in '{spec}'")
-    return Source(Path(path), weight)
+    return path, weight, repeat
+
+
+def parse_source(spec: str) -> Source:
+    """``"PATH[:WEIGHT][:norepeat]"`` -> :class:`Source` (see :func:`split_source`).
+
+    Raises:
+        ConfigError: weight not a positive finite number; ``PATH:abc`` with PATH existing.
+    """
+    path, weight, repeat = split_source(spec)
+    return Source(Path(path), weight, repeat)
 
 
 def read_manifest_any(folder: Path) -> dict:

@@ -32,7 +32,7 @@ from .build import FREEZE_CHOICES, accumulation_steps, model_config_dict
 from .checkpoint import list_checkpoints, resolve_resume, validate_checkpoint
 from .resume_check import check_resume
 from .runlock import ensure_writable
-from .data import Source, check_sources, parse_source, seq_length
+from .data import Source, check_sources, parse_source, seq_length, split_source
 from .optim import lr_lambda
 from .parallel import Layout, check_combination, make_layout
 
@@ -245,12 +245,10 @@ def absolute_inputs(config: RunConfig) -> RunConfig:
     ``--resume PATH``); relative paths are otherwise relative to where ``cpt train`` ran.
     """
     def spec(value: str) -> str:
-        src = parse_source(value)
-        if src.path.is_absolute():
+        path = split_source(value)[0]  # the path as written; the suffix (weight, norepeat) is kept
+        if Path(path).is_absolute():
             return value
-        if Path(value) == src.path:  # no weight suffix
-            return os.path.abspath(value)
-        return f"{os.path.abspath(value.rsplit(':', 1)[0])}:{value.rsplit(':', 1)[1]}"
+        return os.path.abspath(path) + value[len(path):]
 
     model = config.model
     model = dataclasses.replace(

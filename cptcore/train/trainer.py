@@ -43,6 +43,7 @@ from ..errors import CptError
 from ..eval.bpb import EvalResult as BpbResult
 from ..eval.bpb import result as bpb_result
 from ..eval.prepared import evaluate_prepared
+from ..recipes.mixing import DataExhausted, mixing_summary
 from ..registries import call_provider
 from . import build
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -260,8 +261,13 @@ class Trainer:
         if self.loader is None:
             raise CptError("no training data in the plan (data.train): pass your own batches to train_step")
         batches, epoch_end = [], False
+        before = self.loader.sampler.state_dict()
         for _ in range(self.plan.accumulation):
-            batch, ended = self.loader.next()
+            try:
+                batch, ended = self.loader.next()
+            except DataExhausted:  # a source may not repeat: no partial step, state as before it
+                self.loader.sampler.load_state_dict(before)
+                raise
             epoch_end = epoch_end or ended
             batches.append(batch)
         return batches, epoch_end
@@ -434,10 +440,18 @@ class Trainer:
         start_time, step_time = time.time(), 0.0  # step_time: steps only, no eval/checkpoint
         metrics: dict[str, Any] = {}
         eval_metrics: dict[str, Any] = {}
+        stopped = None
         try:
             while self.state.step < t.max_steps:
                 step_start = time.time()
-                batches, epoch_end = self.next_batches()
+                try:
+                    batches, epoch_end = self.next_batches()
+                except DataExhausted as exc:  # data.repeat false: stop cleanly with a checkpoint
+                    stopped = str(exc)
+                    log(f"{stopped} at step {self.state.step}")
+                    if self.state.step and not self.due(self.config.checkpointing.save_every):
+                        self.save_checkpoint()
+                    break
                 m = self.train_step(batches)
                 dt = time.time() - step_start
                 step_time += dt
@@ -447,6 +461,7 @@ class Trainer:
                            "peak_memory_mb": peak_memory_mb(self.strategy.device)}
                 if epoch_end:
                     metrics["epoch_end"] = 1
+                metrics.update(self.sampler.tally.metrics() if hasattr(self.sampler, "tally") else {})
                 if self.due(t.eval_every):
                     eval_metrics = self.evaluate()
                     metrics.update(eval_metrics)
@@ -463,7 +478,8 @@ class Trainer:
         final_dir = self.export()
         if self.noise is not None:
             self.noise.remove()
-        return self.summary(t0, start_time, step_time, tokens_at_start, metrics, eval_metrics, final_dir)
+        summary = self.summary(t0, start_time, step_time, tokens_at_start, metrics, eval_metrics, final_dir)
+        return mixing_summary(summary, self.sampler, stopped, self.out if rank() == 0 else None)
 
     def summary(self, t0: float, start_time: float, step_time: float, tokens_at_start: int,
                 metrics: Mapping[str, Any], eval_metrics: Mapping[str, Any], final_dir: Path) -> dict[str, Any]:
