@@ -204,6 +204,35 @@ def test_dry_run_prints_the_plan(cpt_cli, env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_loss_chunk_is_the_objective_option_for_the_loss_and_the_estimate(env, tmp_path, monkeypatch):
+    """One path: ``training.objective_options.chunk_tokens`` is what causal_lm's loss
+    chunks by and what the dry run's memory estimate counts (the spec's declaration);
+    an objective that declares nothing is estimated as materialising the whole batch."""
+    from cptcore.builtin_plugins.objective_causal_lm import causal_lm_loss
+    from cptcore.train import losses
+    from cptcore.train.dryrun import plan_dry_run
+    from cptcore.train.estimate import logits_bytes
+
+    def dry(objective="causal_lm", *extra, **sets):
+        cfg = run_config(tmp_path / "o", env["model"], [str(env["train"])], training__objective=objective, **sets)
+        return plan_dry_run(cfg, make_plugin_manager(entrypoints=False, extra=extra), 1)
+
+    d = dry(training__objective_options={"chunk_tokens": 40})
+    assert d.run.loss_chunk_tokens == d.plan.loss_chunk_tokens == 40
+    vocab, tokens = d.shape.vocab_size, 2 * 64
+    assert dict(d.memory.rows())["logits and loss"] == logits_bytes(tokens, vocab, 4, 40)
+    seen = []
+    monkeypatch.setattr(losses, "token_loss_sum", lambda logits, labels, chunk: seen.append(chunk) or logits.sum())
+    causal_lm_loss(torch.zeros(2, 3, 5), {"labels": torch.zeros(2, 3, dtype=torch.long)}, d.run.objective.options)
+    assert seen == [40]
+    assert dry().plan.loss_chunk_tokens == 1024  # the option's default
+    odd = dry(training__objective_options={"chunk_tokens": 3})  # fewer than the 2 rows: one position per chunk
+    assert dict(odd.memory.rows())["logits and loss"] == logits_bytes(tokens, vocab, 4, 2)
+    half = dry("half", _HalfLoss())
+    assert half.plan.loss_chunk_tokens is None
+    assert dict(half.memory.rows())["logits and loss"] == logits_bytes(tokens, vocab, 4, None)
+
+
 def test_precheck_loads_the_tokenizer_once(env, tmp_path, monkeypatch):
     from cptcore.train import plan as plan_module
 

@@ -36,8 +36,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..compat import safe_load
+from ..config import write_resolved
 from ..errors import CptError
-from .integrity import check_tree, inside, verify_checksums, write_checksums
+from .export import is_peft
+from .integrity import check_tree, fsync_dir, inside, verify_checksums, write_checksums
+from .resume_check import saved_fingerprint
+from .runlock import held, writable_error
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
@@ -269,11 +274,6 @@ def save_checkpoint(
         CptError: the folder cannot be written (one line naming the path and the reason),
             on every rank.
     """
-    from ..config import write_resolved
-    from .export import is_peft
-    from .integrity import fsync_dir
-    from .resume_check import saved_fingerprint
-    from .runlock import held
 
     rank, world = _rank_world()
     final = checkpoints_dir(out_dir) / f"step-{step}"
@@ -314,8 +314,6 @@ def save_checkpoint(
 
 
 def _as_write_error(exc: BaseException, tmp: Path) -> CptError | None:
-    from .runlock import writable_error
-
     if isinstance(exc, CptError):
         return exc
     if isinstance(exc, OSError):
@@ -382,7 +380,6 @@ def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, sched
     Raises:
         CptError: damaged, incomplete or unreadable checkpoint, naming the file.
     """
-    from ..compat import safe_load
 
     rank, world = _rank_world()
     state = validate_checkpoint(path, world)
