@@ -123,6 +123,12 @@ class ObjectiveSpec:
         collate: ``collate(rows, pad_id, block_mask, mask_dtype) -> batch`` (default
             :func:`cptcore.train.data.collate`) or ``None`` for the default.
         options: dataclass of options (``--set training.objective_options.KEY=VALUE``).
+        loss_chunk_tokens: ``loss_chunk_tokens(options) -> int | None``: how many tokens
+            (rows x positions) of fp32 ``[tokens, vocab]`` temporaries ``loss`` holds at
+            once, read by the memory estimate of ``cpt train --dry-run``
+            (:func:`cptcore.train.estimate.logits_bytes`). ``None`` (the default, or
+            returned): the loss materialises fp32 logits of the whole micro-batch, the
+            conservative estimate. ``causal_lm`` returns its ``chunk_tokens`` option.
     """
 
     name: str
@@ -133,6 +139,11 @@ class ObjectiveSpec:
     collate: Callable[..., Any] | None = None
     options: type | None = None
     aliases: tuple[str, ...] = ()
+    loss_chunk_tokens: Callable[[Any], int | None] | None = None
+
+    def chunk_tokens_for(self, options: Any) -> int | None:
+        """:attr:`loss_chunk_tokens` for ``options`` (``None`` when not declared)."""
+        return self.loss_chunk_tokens(options) if self.loss_chunk_tokens is not None else None
 
 
 @dataclass(frozen=True)

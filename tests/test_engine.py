@@ -204,6 +204,71 @@ def test_dry_run_prints_the_plan(cpt_cli, env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_loss_chunk_is_the_objective_option_for_the_loss_and_the_estimate(env, tmp_path, monkeypatch):
+    """One path: ``training.objective_options.chunk_tokens`` is what causal_lm's loss
+    chunks by and what the dry run's memory estimate counts (the spec's declaration);
+    an objective that declares nothing is estimated as materialising the whole batch."""
+    from cptcore.builtin_plugins.objective_causal_lm import causal_lm_loss
+    from cptcore.train import losses
+    from cptcore.train.dryrun import plan_dry_run
+    from cptcore.train.estimate import logits_bytes
+
+    def dry(objective="causal_lm", *extra, **sets):
+        cfg = run_config(tmp_path / "o", env["model"], [str(env["train"])], training__objective=objective, **sets)
+        return plan_dry_run(cfg, make_plugin_manager(entrypoints=False, extra=extra), 1)
+
+    d = dry(training__objective_options={"chunk_tokens": 40})
+    assert d.run.loss_chunk_tokens == d.plan.loss_chunk_tokens == 40
+    vocab, tokens = d.shape.vocab_size, 2 * 64
+    assert dict(d.memory.rows())["logits and loss"] == logits_bytes(tokens, vocab, 4, 40)
+    seen = []
+    monkeypatch.setattr(losses, "token_loss_sum", lambda logits, labels, chunk: seen.append(chunk) or logits.sum())
+    causal_lm_loss(torch.zeros(2, 3, 5), {"labels": torch.zeros(2, 3, dtype=torch.long)}, d.run.objective.options)
+    assert seen == [40]
+    assert dry().plan.loss_chunk_tokens == 1024  # the option's default
+    odd = dry(training__objective_options={"chunk_tokens": 3})  # fewer than the 2 rows: one position per chunk
+    assert dict(odd.memory.rows())["logits and loss"] == logits_bytes(tokens, vocab, 4, 2)
+    half = dry("half", _HalfLoss())
+    assert half.plan.loss_chunk_tokens is None
+    assert dict(half.memory.rows())["logits and loss"] == logits_bytes(tokens, vocab, 4, None)
+
+
+def test_protocol_only_strategy_trains_checkpoints_and_resumes_bit_exactly(cpt_cli, env, tmp_path):
+    """A strategy written from the documented protocol alone (plain torch, no ColossalAI,
+    its own checkpoint files) with a plugin objective: checkpoints were refused as
+    'incomplete, missing model' (the check named BoosterStrategy's files); now
+    ``strategy_files`` records what ``strategy.save`` wrote and resume is bit-exact."""
+    from cptcore.errors import CptError
+    from cptcore.train.checkpoint import validate_checkpoint
+
+    pm = make_plugin_manager(entrypoints=False, files=[ROOT / "tests" / "plain_strategy_plugin.py"])
+    out = tmp_path / "o"
+    args = ["train", "--model", str(env["model"]), "--data", str(env["train"]), "--out", str(out), "--strategy",
+            "plain", "--objective", "smooth", "--max-steps", "4", "--micro-batch-size", "1",
+            "--set", "checkpointing.save_every=2", "--set", "logging.progress=false"]
+    code, text = cpt_cli(*args, pm=pm)
+    assert code == 0, text
+    metrics = out / "logs" / "metrics.jsonl"
+    want = [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    state = json.loads((out / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["strategy_files"] == ["lr_scheduler.pt", "model.pt", "optimizer.pt"]
+    import shutil
+
+    for name in ("checkpoints/step-4", "final", "summary.json"):
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= 2))
+    code, text = cpt_cli(*args, "--resume", "auto", pm=pm)
+    assert code == 0, text
+    assert [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if '"loss"' in line] == want
+    step2 = out / "checkpoints" / "step-2"
+    (step2 / "model.pt").unlink()
+    with pytest.raises(CptError, match="incomplete checkpoint, missing model.pt"):
+        validate_checkpoint(step2, verify=False)
+    (step2 / "trainer_state.json").write_text(json.dumps(dict(state, strategy_files=["../escape"])))
+    with pytest.raises(CptError, match="bad '../escape' in 'strategy_files'"):
+        validate_checkpoint(step2, verify=False)
+
+
 def test_precheck_loads_the_tokenizer_once(env, tmp_path, monkeypatch):
     from cptcore.train import plan as plan_module
 

@@ -22,13 +22,19 @@ class CausalLMOptions:
             raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
 
 
+def chunk_tokens(options: CausalLMOptions | None) -> int:
+    """Tokens per loss chunk for ``options`` (``None``: the default): the one value the
+    loss (:func:`causal_lm_loss`) and the memory estimate (``ObjectiveSpec.loss_chunk_tokens``)
+    both read."""
+    return (options or CausalLMOptions()).chunk_tokens
+
+
 def causal_lm_loss(logits: Any, batch: Mapping[str, Any], options: CausalLMOptions | None) -> tuple[Any, int]:
     """``(sum of cross-entropy over label tokens, their count)``; ``logits``
     ``[B, S, V]``, ``batch["labels"]`` ``[B, S]`` int64 (-100 = no loss)."""
     from ..train.losses import count_label_tokens, token_loss_sum  # torch: only when training
 
-    chunk = (options or CausalLMOptions()).chunk_tokens
-    return token_loss_sum(logits, batch["labels"], chunk), count_label_tokens(batch["labels"])
+    return token_loss_sum(logits, batch["labels"], chunk_tokens(options)), count_label_tokens(batch["labels"])
 
 
 def count_tokens(batch: Mapping[str, Any]) -> int:
@@ -43,6 +49,7 @@ def cpt_register_objectives():
     return [
         ObjectiveSpec(
             name="causal_lm", loss=causal_lm_loss, count=count_tokens, options=CausalLMOptions,
+            loss_chunk_tokens=chunk_tokens,
             description="next-token cross-entropy, summed over label tokens, in chunks along the sequence",
         )
     ]

@@ -5,11 +5,14 @@ Layout of ``step-N/``::
     model/            strategy's sharded model I/O (booster.save_model(shard=True))
     optimizer/        strategy's sharded optimizer I/O
     lr_scheduler.pt   LR scheduler state (last_epoch = updates done)
+                      (these three are ``BoosterStrategy.save``'s; another strategy writes
+                      its own entries, listed in trainer_state.json's ``strategy_files``)
     adapter/          peft adapter (LoRA runs only), PeftModel.from_pretrained-loadable
     rng/rank-R.json   python, numpy and torch RNG states of rank R (JSON, no pickle)
     config.yaml       the resolved run config
     trainer_state.json  step, epoch, tokens_seen, micro_batches, sampler position,
-                      world_size, layout and data fingerprint (:mod:`.resume_check`)
+                      world_size, layout and data fingerprint (:mod:`.resume_check`),
+                      strategy_files (what ``strategy.save`` wrote: checked on load)
     checksums.sha256  SHA-256 of every other file (:mod:`.integrity`, sha256sum format)
 
 Every rank writes into ``step-N.tmp/``; after a barrier rank 0 writes
@@ -36,8 +39,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..compat import safe_load
+from ..config import write_resolved
 from ..errors import CptError
-from .integrity import check_tree, inside, verify_checksums, write_checksums
+from .export import is_peft
+from .integrity import check_tree, fsync_dir, inside, verify_checksums, write_checksums
+from .resume_check import saved_fingerprint
+from .runlock import held, writable_error
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
@@ -45,7 +53,13 @@ _STEP = re.compile(r"^step-(\d+)$")
 STATE_KEYS = {"step": int, "micro_batches": int, "tokens_seen": int, "sampler": dict}
 #: entries that may be absent (older checkpoints) but, when present, have these types
 #: (``world_size`` an int >= 1)
-OPTIONAL_KEYS = {"world_size": int, "layout": dict, "data": dict, "stage": dict}  # stage: cptcore.recipes.stages
+OPTIONAL_KEYS = {"world_size": int, "layout": dict, "data": dict, "stage": dict,  # stage: cptcore.recipes.stages
+                 "strategy_files": list}
+#: what ``BoosterStrategy.save`` writes: the required entries of a checkpoint saved before
+#: ``strategy_files`` was recorded
+BOOSTER_FILES = ["model", "optimizer", "lr_scheduler.pt"]
+#: entries of step-N/ the Trainer itself writes (everything else is the strategy's)
+OWN_ENTRIES = {"rng", "config.yaml", "adapter", STATE, "checksums.sha256"}
 #: digests of folders (path, every file's size and mtime) verified by this process or the
 #: launcher that started it (inherited through the environment: the ranks of
 #: ``cpt train --nproc-per-node`` do not hash a checkpoint their launcher just verified)
@@ -118,7 +132,7 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
             what = "no" if name not in state else f"a bad ({type(value).__name__} {value!r:.40})"
             raise CptError(f"{state_file}: corrupt trainer state ({what} '{name}' entry)")
     for name, kind in OPTIONAL_KEYS.items():  # a hostile file must not reach int()/dict() below
-        value = state.get(name, 1 if name == "world_size" else {})
+        value = state.get(name, {"world_size": 1, "strategy_files": []}.get(name, {}))
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
             raise CptError(f"{state_file}: corrupt trainer state (a bad ({type(value).__name__} {value!r:.40}) "
                            f"'{name}' entry)")
@@ -126,7 +140,12 @@ def validate_checkpoint(path: str | Path, world_size: int | None = None, verify:
         value = state["sampler"].get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise CptError(f"{state_file}: corrupt trainer state (sampler has no valid '{name}')")
-    needed = ["model", "optimizer", "lr_scheduler.pt", "config.yaml"]
+    saved = state.get("strategy_files", BOOSTER_FILES)
+    for name in saved:  # a name read from the file: a plain entry of this folder, nothing else
+        if not isinstance(name, str) or "/" in name or name in OWN_ENTRIES:
+            raise CptError(f"{state_file}: corrupt trainer state (a bad {name!r:.40} in 'strategy_files')")
+        inside(p, name, "strategy_files entry")
+    needed = [*saved, "config.yaml"]
     ranks = (f"rng/rank-{r}.json" for r in range(state.get("world_size", 1)))  # lazy: stops at the first missing
     for rel in itertools.chain(needed, ranks):
         if not (p / rel).exists():
@@ -269,11 +288,6 @@ def save_checkpoint(
         CptError: the folder cannot be written (one line naming the path and the reason),
             on every rank.
     """
-    from ..config import write_resolved
-    from .export import is_peft
-    from .integrity import fsync_dir
-    from .resume_check import saved_fingerprint
-    from .runlock import held
 
     rank, world = _rank_world()
     final = checkpoints_dir(out_dir) / f"step-{step}"
@@ -296,7 +310,9 @@ def save_checkpoint(
     def complete() -> None:
         if rank != 0:
             return
-        state = dict(trainer_state, step=step, world_size=world, **saved_fingerprint(config, strategy, world))
+        files = sorted(e.name for e in tmp.iterdir() if e.name not in OWN_ENTRIES)  # what strategy.save wrote
+        state = dict(trainer_state, step=step, world_size=world, strategy_files=files,
+                     **saved_fingerprint(config, strategy, world))
         (tmp / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         write_checksums(tmp)  # hashes and fsyncs every file, then the folders
         if final.exists():
@@ -314,8 +330,6 @@ def save_checkpoint(
 
 
 def _as_write_error(exc: BaseException, tmp: Path) -> CptError | None:
-    from .runlock import writable_error
-
     if isinstance(exc, CptError):
         return exc
     if isinstance(exc, OSError):
@@ -382,7 +396,6 @@ def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, sched
     Raises:
         CptError: damaged, incomplete or unreadable checkpoint, naming the file.
     """
-    from ..compat import safe_load
 
     rank, world = _rank_world()
     state = validate_checkpoint(path, world)

@@ -112,6 +112,7 @@ def plan_dry_run(config: "RunConfig", pm: "CptPluginManager", world: int) -> Dry
         num_microbatches=getattr(options, "num_microbatches", None) or lay.pp,
         micro_batch_size=config.training.micro_batch_size, seq_len=seq, attention=attention,
         gradient_as_bucket_view=bool(getattr(options, "gradient_as_bucket_view", False)),
+        loss_chunk_tokens=run.loss_chunk_tokens,
     )
     return DryRun(spec.name, config.strategy.precision, lay, shape, seq, source, plan, estimate(shape, plan),
                   config.model.gradient_checkpointing, run)
@@ -130,7 +131,8 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     echo(f"params:   {shape.params:,} total, {shape.trainable:,} trainable, {frozen:,} frozen")
     p = result.plan
     echo(f"batch:    micro-batch {p.micro_batch_size} x {result.seq_len} tokens ({result.seq_len_source}); "
-         f"attention {p.attention}; gradient checkpointing {'on' if result.gradient_checkpointing else 'off'}")
+         f"attention {p.attention}; gradient checkpointing {'on' if result.gradient_checkpointing else 'off'}; "
+         + (f"loss in chunks of {p.loss_chunk_tokens} tokens" if p.loss_chunk_tokens else "loss over the whole micro-batch"))
     for line in result.run.describe() if result.run is not None else ():
         echo(line)
     table = Table(title="estimated memory per rank", title_justify="left", box=box.ASCII)

@@ -128,7 +128,7 @@ class Plan:
     seq_len: int = 2048
     attention: str = "sdpa"  # eager | sdpa | flash_attention_2
     gradient_as_bucket_view: bool = False  # ddp: buckets alias the gradients
-    loss_chunk_tokens: int | None = None  # tokens per loss chunk; None: whole micro-batch at once
+    loss_chunk_tokens: int | None = None  # tokens per loss chunk (the objective's declaration); None: whole micro-batch
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,11 @@ def estimate(shape: ModelShape, plan: Plan) -> MemoryEstimate:
     tokens = plan.micro_batch_size * plan.seq_len / max(1, plan.sp)
     if plan.pp > 1:
         tokens /= max(1, plan.num_microbatches)  # the last stage computes the loss per pipeline micro-batch
-    logits = logits_bytes(tokens, shape.vocab_size, w, plan.loss_chunk_tokens)
+    chunk = plan.loss_chunk_tokens
+    if chunk is not None:  # a chunk is whole positions of every row: at least one position
+        rows = max(1, int(plan.micro_batch_size / (max(1, plan.num_microbatches) if plan.pp > 1 else 1)))
+        chunk = rows * max(1, chunk // rows)
+    logits = logits_bytes(tokens, shape.vocab_size, w, chunk)
     slack = SLACK_FRACTION * (act + logits)
     slack_ckpt = SLACK_FRACTION * (act_ckpt + logits)
     runtime = RUNTIME_BYTES + LOAD_FRACTION * params

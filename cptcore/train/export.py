@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CptError
+from .integrity import inside
 
 SHARD_SIZE = "2GB"
 
@@ -62,7 +63,6 @@ def load_checkpoint_weights(model: Any, ckpt_dir: Path) -> None:
     index = folder / "pytorch_model.bin.index.json"
     if not index.is_file():
         raise CptError(f"{ckpt_dir}: no model/pytorch_model.bin.index.json (not a cptcore checkpoint folder)")
-    from .integrity import inside
 
     files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     state: dict = {}

@@ -6,6 +6,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config import load_config
+from ..errors import ConfigError, CptError
+from ..model.load import check_model_files, check_model_path, load_tokenizer, resolve_hf_folder
+from ..model.outdir import prepare_out_dir
+from ..plugins import make_plugin_manager
+from ..registries import call_provider
+from .build import build_model
+from .checkpoint import STATE, unreadable_as_error, validate_checkpoint
+from .export import is_peft, load_checkpoint_weights
 
 
 def checkpoint_config(ckpt: Path, model: str | None = None, tokenizer: str | None = None,
@@ -22,8 +31,6 @@ def checkpoint_config(ckpt: Path, model: str | None = None, tokenizer: str | Non
     Raises:
         ConfigError: a relative model or tokenizer path, or one inside the checkpoint.
     """
-    from ..config import load_config
-    from ..errors import ConfigError
 
     config = load_config(ckpt / "config.yaml")
     root = ckpt.resolve()
@@ -60,14 +67,6 @@ def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lo
     """
     import torch
 
-    from ..errors import CptError
-    from ..model.load import load_tokenizer
-    from ..model.outdir import prepare_out_dir
-    from ..registries import call_provider
-    from .build import build_model
-    from .checkpoint import unreadable_as_error, validate_checkpoint
-    from .export import load_checkpoint_weights
-
     ckpt = Path(checkpoint)
     validate_checkpoint(ckpt)
     config = checkpoint_config(ckpt, model, tokenizer, trust_remote_code)
@@ -75,7 +74,6 @@ def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lo
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         # `cpt export` has no --overwrite (prepare_out_dir's own message suggests one)
         raise CptError(f"output folder {out} exists and is not empty: choose another --out or delete it")
-    from ..model.load import check_model_path
 
     check_model_path(config.model.path)
     out_dir = prepare_out_dir(out, overwrite=False)
@@ -92,7 +90,6 @@ def is_checkpoint(path: str | Path) -> bool:
     holds ``trainer_state.json`` or ``config.yaml`` beside ``model/``), not a Hugging
     Face folder."""
     p = Path(path)
-    from .checkpoint import STATE
 
     return p.is_dir() and not (p / "config.json").is_file() and (
         (p / STATE).is_file() or ((p / "config.yaml").is_file() and (p / "model").is_dir()))
@@ -113,11 +110,6 @@ def model_from_checkpoint(pm: Any, checkpoint: str | Path, merge_lora: bool = Fa
         CptError: incomplete or corrupt checkpoint, weights that do not match the model.
     """
     import torch
-
-    from ..model.load import load_tokenizer
-    from .build import build_model
-    from .checkpoint import unreadable_as_error, validate_checkpoint
-    from .export import load_checkpoint_weights
 
     ckpt = Path(checkpoint)
     validate_checkpoint(ckpt)
@@ -140,8 +132,6 @@ def forward_inputs(model: Any, encoded: Any) -> dict:
         ``{name: tensor}`` restricted to the forward's named parameters.
     """
     import inspect
-
-    from .export import is_peft
 
     base = model.get_base_model() if is_peft(model) else model
     named = {n for n, p in inspect.signature(base.forward).parameters.items()
@@ -168,9 +158,6 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..errors import ConfigError
-    from ..model.load import check_model_files, check_model_path, resolve_hf_folder
-
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not temperature >= 0:
@@ -182,8 +169,6 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
     tokenizer = None
     if is_checkpoint(p):
         if pm is None:
-            from ..plugins import make_plugin_manager
-
             pm = make_plugin_manager()
         model, tokenizer, _ = model_from_checkpoint(pm, p)
     elif (p / "adapter_config.json").is_file():

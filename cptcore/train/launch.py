@@ -17,8 +17,10 @@ import socket
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import CptError, ConfigError
+from .. import __version__
+from ..errors import ConfigError, CptError
 from .lifetime import LAUNCHER_PID_ENV
+from .rendezvous import report_failure, roll_call
 
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
@@ -97,8 +99,6 @@ def plugin_fingerprint(pm: Any) -> str:
     import colossalai
     import torch
     import transformers
-
-    from .. import __version__
 
     plugins = sorted(
         f"{name}:{info.source}:{info.version}" for name, info in getattr(pm, "info", {}).items()
@@ -211,7 +211,6 @@ def launch(
             failed before starting.
         RankFailed: a rank failed and no rank printed why.
     """
-    from .rendezvous import report_failure, roll_call
 
     cmd = torchrun_argv(argv, nproc_per_node, nnodes, node_rank, master_addr, master_port, rendezvous_timeout)
     port = int(next(a for a in cmd if a.startswith("--master-port=")).split("=", 1)[1])

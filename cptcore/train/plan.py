@@ -90,6 +90,13 @@ class Plan:
     resume_state: Mapping[str, Any] | None = None
 
     @property
+    def loss_chunk_tokens(self) -> int | None:
+        """Tokens per chunk of the objective's loss, as its spec declares for its options
+        (``ObjectiveSpec.loss_chunk_tokens``; ``None``: the whole micro-batch at once):
+        what the memory estimate counts."""
+        return self.objective.spec.chunk_tokens_for(self.objective.options)
+
+    @property
     def pad_id(self) -> int | None:
         """The training data's pad id (the first manifest's, else the tokenizer's)."""
         if self.manifests and self.manifests[0].pad_id is not None:

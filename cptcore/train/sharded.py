@@ -23,7 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from .strategy import BoosterStrategy, LossFn
+from ..errors import CptError
+from .strategy import BoosterStrategy, LossFn, inner_optimizer
 
 #: plugins clip with this max_norm when the user disables clipping (0): large enough
 #: never to clip, non-zero so that HybridParallel/Gemini still measure the norm.
@@ -77,8 +78,6 @@ class ShardedStrategy(BoosterStrategy):
 
     @staticmethod
     def _masters(optimizer: Any) -> list:
-        from .strategy import inner_optimizer
-
         return [p for g in inner_optimizer(optimizer).param_groups for p in g["params"]]
 
     def save(self, ckpt_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
@@ -103,8 +102,6 @@ class ShardedStrategy(BoosterStrategy):
         """
         import torch
         import torch.distributed as dist
-
-        from ..errors import CptError
 
         d = Path(ckpt_dir)
         self.booster.load_model(model, str(d / "model"), strict=self.strict_load)
