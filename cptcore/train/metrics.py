@@ -6,7 +6,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -132,3 +132,9 @@ def mean_mfu(meter: Any, model_flops: float, seconds: float) -> float | None:
     if meter is None or seconds <= 0:
         return None
     return model_flops / (seconds * meter.devices * meter.peak)
+
+
+def progress_info(metrics: Mapping[str, Any]) -> str:
+    """The progress line's text: ``loss 2.3456, 1,234 tok/s, MFU 41.2%`` (MFU when known)."""
+    mfu = f", MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
+    return f"loss {metrics['loss']:.4f}, {metrics.get('tokens_per_second', 0.0):,.0f} tok/s{mfu}"

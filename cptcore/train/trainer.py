@@ -49,7 +49,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Loader, collate
 from .launch import init_distributed
 from .mfu import count_n
-from .metrics import Progress, make_loggers, mean_mfu, mfu_meter, mfu_metrics, peak_memory_mb, truncate_jsonl
+from .metrics import (Progress, make_loggers, mean_mfu, mfu_meter, mfu_metrics, peak_memory_mb, progress_info,
+                      truncate_jsonl)
 from .optim import scheduler_factory
 from .plan import check_batches, log
 
@@ -458,8 +459,7 @@ class Trainer:
                 if rank() == 0 and (self.due(max(1, self.config.logging.log_every)) or "eval_loss" in metrics):
                     for lg in loggers:
                         lg.log(metrics, self.state.step)
-                progress.update(self.state.step, f"loss {metrics['loss']:.4f}, {metrics['tokens_per_second']:,.0f} tok/s"
-                                + (f", MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""))
+                progress.update(self.state.step, progress_info(metrics))
                 if self.due(self.config.checkpointing.save_every):
                     self.save_checkpoint()
         finally:
