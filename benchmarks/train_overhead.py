@@ -112,8 +112,9 @@ def bare_loop(model_dir: str, data_dir: str, steps: int, batch: int, lr: float, 
 
 # ------------------------------------------------------------------------------ cpt side
 def cpt_run(model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int, lr: float, seed: int,
-            sets: list[str] = ()) -> list[float]:
-    """``cpt train`` in a subprocess; returns the step times from metrics.jsonl."""
+            sets: list[str] = ()) -> tuple[list[float], list[float], float | None]:
+    """``cpt train`` in a subprocess; returns the step times and per-step MFU from
+    metrics.jsonl, and the run's MFU from summary.json (cptcore.train.mfu)."""
     cmd = [str(Path(sys.executable).parent / "cpt"), "train", "--model", str(model_dir), "--data", str(data_dir),
            "--out", str(out), "--strategy", "ddp", "--max-steps", str(steps), "--micro-batch-size", str(batch),
            "--lr", str(lr), "--seed", str(seed), "--set", "logging.progress=false",
@@ -121,8 +122,10 @@ def cpt_run(model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int, 
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"cpt train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    stamps = [json.loads(line)["time"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    stamps = [r["time"] for r in rows]
+    summary = json.loads((out / "summary.json").read_text())
+    return [b - a for a, b in zip(stamps, stamps[1:])], [r.get("mfu", 0.0) for r in rows], summary.get("mfu")
 
 
 def main() -> None:
@@ -156,7 +159,7 @@ def main() -> None:
         work = Path(tmp)
         model_dir = make_model(args.model, work)
         data_dir = prepare_data(model_dir, work, args.length)
-        bare_all, cpt_all = [], []
+        bare_all, cpt_all, mfu_all, run_mfu = [], [], [], []
         for r in range(args.rounds):
             proc = subprocess.run(
                 [sys.executable, __file__, "--bare-child", str(model_dir), str(data_dir), "--steps", str(args.steps),
@@ -165,8 +168,11 @@ def main() -> None:
                 raise SystemExit(f"bare loop failed:\n{proc.stderr[-3000:]}")
             bare = json.loads(proc.stdout.strip().splitlines()[-1])[args.skip:]
             # metrics stamps give steps-1 differences: difference i is step i+2's time
-            cpt = cpt_run(model_dir, data_dir, work / f"run-{r}", args.steps, args.batch, args.lr, 42,
-                          args.sets)[args.skip - 1:]
+            cpt, mfus, mfu_run = cpt_run(model_dir, data_dir, work / f"run-{r}", args.steps, args.batch, args.lr,
+                                         42, args.sets)
+            cpt = cpt[args.skip - 1:]
+            mfu_all += mfus[args.skip:]
+            run_mfu.append(mfu_run)
             bare_all += bare
             cpt_all += cpt
             print(f"round {r + 1}: bare median {statistics.median(bare):.3f} s, cpt median {statistics.median(cpt):.3f} s",
@@ -184,10 +190,15 @@ def main() -> None:
                 ["loop", "median s/step", "min s/step", "tokens/s", "ratio to bare"], rows)
     verdict = "meets" if ratio <= 1.03 else "misses"
     print(f"cpt/bare step-time ratio {ratio:.3f} ({verdict} the <= 1.03 target)")
+    mfu_med = statistics.median(mfu_all) if mfu_all else 0.0
+    # same model FLOPs per step on both sides: the bare loop's MFU follows from the time ratio
+    print(f"MFU (cpt train, per step, median of timed steps): {mfu_med:.2%}; bare loop at the same FLOPs: "
+          f"{mfu_med * ratio:.2%}; summary.json mfu per run: {', '.join(f'{m:.2%}' for m in run_mfu if m is not None)}")
     out = write_result(args.name, {
         "settings": vars(args) | {"bare_child": None},
         "bare_step_seconds": bare_all, "cpt_step_seconds": cpt_all,
         "bare_median_s": bare_med, "cpt_median_s": cpt_med, "ratio": ratio, "target": 1.03,
+        "cpt_mfu_median": mfu_med, "bare_mfu": mfu_med * ratio, "summary_mfu": run_mfu,
     })
     print(f"wrote {out}")
 

@@ -96,6 +96,7 @@ class TrainingConfig:
     eval_batches: int | None = None  # cap on eval micro-batches; None = all
     objective: str = "causal_lm"  # training objective (cpt objectives)
     objective_options: dict[str, Any] = field(default_factory=dict)  # checked by the objective plugin
+    peak_flops: float | None = None  # dense FLOP/s of one device for MFU; None = table (GPU) / measured (CPU)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ class LoraConfig:
     )
     train_embeddings: bool = False
     merge_on_export: bool = True
+    use_rslora: bool = False  # peft: scale alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
+    use_dora: bool = False  # peft: weight-decomposed LoRA (Liu et al. 2024); ddp/zero only
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,16 @@ class Capabilities:
 
     Attributes:
         lora, noise, freeze: trains LoRA adapters / embedding noise / ``--freeze``.
+        dora: trains DoRA (``lora.use_dora``) where ``lora`` is true.
         cpu: runs without CUDA.
         pipeline: pipeline parallel (the step goes through the 1F1B schedule).
         sharded_checkpoint: each rank writes its own shard of the state.
-        why_not: feature name (``"lora"``, ``"noise"``, ``"freeze"``, ``"cpu"``) ->
+        why_not: feature name (``"lora"``, ``"dora"``, ``"noise"``, ``"freeze"``, ``"cpu"``) ->
             the one-line reason shown when the user asks for it anyway.
     """
 
     lora: bool = True
+    dora: bool = True  # lora.use_dora (weight-decomposed LoRA) on top of LoRA
     noise: bool = True
     freeze: bool = True
     cpu: bool = True

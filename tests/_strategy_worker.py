@@ -96,6 +96,18 @@ def main() -> None:
         with torch.no_grad():
             logits = full.float()(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits
         result["export_probe"] = float(token_loss_sum(logits, b["labels"])) / count_label_tokens(b["labels"])
+        if config.lora.enabled:  # base weights untouched, adapters trained, the merged export computes the same
+            base = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).state_dict()
+            state = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in full.state_dict().items()}
+            # compared at bf16: bf16 strategies cast the frozen base once (rounding, not training)
+            result["base_unchanged"] = all(torch.equal(state[k].bfloat16(), v.bfloat16()) for k, v in base.items()
+                                           if k in state)
+            result["base_compared"] = sum(k in state for k in base)
+            result["adapter_changed"] = all(bool(v.abs().sum() > 0) for k, v in state.items() if "lora_B" in k)
+            merged = full.float().merge_and_unload()
+            with torch.no_grad():
+                logits = merged(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits
+            result["merged_probe"] = float(token_loss_sum(logits, b["labels"])) / count_label_tokens(b["labels"])
     result["probe_final"] = probe(trainer)
     dist.barrier()
 

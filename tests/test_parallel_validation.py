@@ -97,10 +97,19 @@ def test_validate_through_registry(cpt_pm, tmp_path):
     assert opts.placement_policy == "static"
 
 
+def test_lora_enabled_on_gemini_and_hybrid3d_without_tp_pp(cpt_pm, tmp_path):
+    """LoRA (and rsLoRA) pass the capability check where they train (tests/test_strategies_torchrun.py)."""
+    for name, sets in (("gemini", ["strategy.precision=bf16"]), ("hybrid3d", []), ("zero2", ["strategy.precision=bf16"])):
+        _validate(cpt_pm, tmp_path, name, sets=sets, **{"lora.enabled": True, "lora.use_rslora": True})
+    _validate(cpt_pm, tmp_path, "ddp", **{"lora.enabled": True, "lora.use_dora": True})
+
+
 REFUSED = [
     ("hybrid3d", 6, ["strategy.tp_size=2", "strategy.pp_size=2"], {}, "tp(2)·pp(2) = 4 does not divide world size 6"),
-    ("hybrid3d", 2, ["strategy.tp_size=2"], {"lora.enabled": True}, "LoRA is not supported"),
-    ("hybrid3d", 2, ["strategy.pp_size=2"], {"lora.enabled": True, "training.micro_batch_size": 2}, "LoRA is not supported"),
+    ("hybrid3d", 2, ["strategy.tp_size=2"], {"lora.enabled": True}, "LoRA is not supported: tp_size=2: ColossalAI's"),
+    ("hybrid3d", 2, ["strategy.pp_size=2"], {"lora.enabled": True, "training.micro_batch_size": 2},
+     "LoRA is not supported: pp_size=2: the LLaMA pipeline policy"),
+    ("hybrid3d", 2, [], {"lora.enabled": True, "lora.use_dora": True}, "hybrid3d: DoRA (lora.use_dora) is not supported"),
     ("hybrid3d", 2, ["strategy.pp_size=2"], {"noise.name": "neftune", "training.micro_batch_size": 2},
      "embedding noise (NEFTune) is not supported: with pp_size=2"),
     ("hybrid3d", 2, ["strategy.tp_size=2"], {"noise.name": "neftune"}, "with tp_size=2 each TP rank"),
@@ -110,9 +119,10 @@ REFUSED = [
     ("hybrid3d", 2, ["strategy.num_microbatches=2"], {}, "num_microbatches is for pipeline parallelism"),
     ("hybrid3d", 2, ["strategy.tp_size=2", "strategy.pp_size=1", "strategy.tp_sizee=2"], {}, "did you mean 'tp_size'"),
     ("gemini", 2, [], {}, "gemini: precision fp32 is not supported"),
-    ("gemini", 2, ["strategy.precision=bf16"], {"lora.enabled": True}, "GeminiPlugin.enable_lora is not implemented"),
+    ("gemini", 2, ["strategy.precision=bf16"], {"lora.enabled": True, "lora.use_dora": True},
+     "gemini: DoRA (lora.use_dora) is not supported"),
     ("gemini", 2, ["strategy.precision=bf16", "strategy.offload_optim_frac=1.5"], {}, "offload_optim_frac must be within"),
-    ("fsdp", 2, [], {"lora.enabled": True}, "TorchFSDPPlugin.enable_lora is not implemented"),
+    ("fsdp", 2, [], {"lora.enabled": True}, "TorchFSDPPlugin.enable_lora raises NotImplementedError"),
     ("fsdp", 2, [], {"training.freeze": "non-embeddings"}, "FSDP flat parameters"),
     ("fsdp", 2, ["strategy.precision=fp16"], {}, "fp16 needs FSDP's sharded grad scaler"),
     ("fsdp", 2, ["strategy.sharding_strategy=FULL"], {}, "sharding_strategy must be one of"),

@@ -78,6 +78,9 @@ CASES = {
     "fsdp": (["fsdp"], 2),
     # LoRA (peft) under ZeRO: no ddp comparison (different trainable set)
     "zero2_lora": (["zero2", BF16, "lora.enabled=true", "lora.dropout=0.0"], 2),
+    # LoRA on the sharded strategies (peft before boost; gathered export keeps the adapters)
+    "gemini_lora": (["gemini", BF16, "lora.enabled=true", "lora.dropout=0.0"], 2),
+    "hybrid3d_lora": (["hybrid3d", BF16, "lora.enabled=true", "lora.dropout=0.0", "lora.use_rslora=true"], 2),
 }
 
 
@@ -95,10 +98,12 @@ def test_strategy_trains_saves_resumes(case, tiny_model, ddp_ref, tmp_path):
     argv, accum = CASES[case]
     res = run_worker(tiny_model, tmp_path, argv[0], *argv[1:], accum=accum)
     ref = ddp_ref[accum]
-    expected_dp = 1 if case.startswith("hybrid3d") else 2
+    expected_dp = 1 if case in ("hybrid3d_tp2", "hybrid3d_pp2") else 2
     assert res["dp"] == expected_dp
     if case.endswith("_lora"):
         assert res["losses"][0] == pytest.approx(ref["losses"][0], abs=2e-3)  # adapters start as a no-op (B = 0)
+        assert res["base_compared"] > 0 and res["base_unchanged"] and res["adapter_changed"]
+        assert res["merged_probe"] == pytest.approx(res["export_probe"], abs=1e-4)
     else:
         check_against_ddp(res, ref, fp32=case == "fsdp")
     # sharded save -> load: exactly the loss at save time

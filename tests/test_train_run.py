@@ -62,7 +62,7 @@ def test_run_outputs_layout_metrics_and_export(env, tmp_path):
     out = tmp_path / "run"
     cfg = run_config(out, env["model"], [str(env["train"])], [str(env["eval"])],
                      training__eval_every=2, training__eval_batches=2, checkpointing__save_every=2,
-                     checkpointing__keep_last=1)
+                     checkpointing__keep_last=1, training__peak_flops=1e9)
     summary = _train(cfg)
     assert (out / "config.yaml").is_file() and any((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]  # keep_last=1
@@ -82,6 +82,18 @@ def test_run_outputs_layout_metrics_and_export(env, tmp_path):
     assert s["tokens_per_second"] == pytest.approx(s["tokens_this_run"] / s["step_time_s"], rel=0.05)
     assert s["wall_tokens_per_second"] == pytest.approx(s["tokens_this_run"] / s["wall_time_s"], rel=0.05)
     assert s["tokens_per_second"] > s["wall_tokens_per_second"] > 0
+    from transformers import AutoModelForCausalLM
+
+    from cptcore.train.mfu import count_n
+
+    # MFU over the stated peak (1e9 FLOP/s, one device): model FLOPs of the step's tokens / time / peak
+    n = count_n(AutoModelForCausalLM.from_pretrained(env["model"]))
+    for prev, r in zip([{"tokens_seen": 0}] + rows, rows):
+        tokens = r["tokens_seen"] - prev["tokens_seen"]
+        assert 6 * n * tokens < r["model_flops"] < 6.5 * n * tokens  # + attention over documents of <= 64 tokens
+        assert r["mfu"] == pytest.approx(r["model_flops"] * r["tokens_per_second"] / tokens / 1e9, rel=1e-9)
+        assert r["hfu"] == r["mfu"]  # no gradient checkpointing: no recompute
+    assert s["mfu"] == pytest.approx(sum(r["model_flops"] for r in rows) / s["step_time_s"] / 1e9, rel=0.05)
     # OUT/final: HF folder with identical logits to the last checkpoint's weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -496,3 +496,30 @@ def test_one_process_group_leaves_no_rank_variables_behind(monkeypatch):
         assert (rank, world) == (0, 1) and os.environ["WORLD_SIZE"] == "1" and dist.is_initialized()
     assert not dist.is_initialized()
     assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)
+
+
+def test_lora_dora_and_rslora_reach_peft(tmp_path):
+    """``lora.use_dora`` / ``lora.use_rslora`` from the run config end up in peft's config
+    and model: DoRA adds a trainable magnitude vector per adapted layer; rsLoRA scales
+    by alpha / sqrt(r) instead of alpha / r."""
+    from transformers import AutoModelForCausalLM
+
+    from cptcore.builtin_plugins.lora import add_lora
+    from cptcore.config import load_config
+    from cptcore.testing import make_tiny_llama
+
+    make_tiny_llama(tmp_path, vocab_size=40)
+    cfg = load_config(None, sets=["lora.enabled=true", "lora.use_dora=true", "lora.r=4", "lora.alpha=8"]).lora
+    dora = add_lora(AutoModelForCausalLM.from_pretrained(tmp_path), cfg)
+    assert dora.peft_config["default"].use_dora is True and dora.peft_config["default"].use_rslora is False
+    magnitudes = [n for n, p in dora.named_parameters() if "lora_magnitude_vector" in n and p.requires_grad]
+    assert len(magnitudes) == 2 * 4  # 2 layers x q,k,v,o
+    q = dora.base_model.model.model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == 8 / 4
+    cfg = load_config(None, sets=["lora.enabled=true", "lora.use_rslora=true", "lora.r=4", "lora.alpha=8"]).lora
+    rs = add_lora(AutoModelForCausalLM.from_pretrained(tmp_path), cfg)
+    assert rs.peft_config["default"].use_rslora is True
+    assert not any("lora_magnitude_vector" in n for n, _ in rs.named_parameters())
+    assert rs.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == 8 / 4**0.5
+    with pytest.raises(ConfigError, match="lora.use_dora"):
+        load_config(None, sets=["lora.use_dora=sometimes"])

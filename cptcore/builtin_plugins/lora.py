@@ -15,7 +15,9 @@ def add_lora(model, lora_cfg):
     """Wrap ``model`` in a ``peft.PeftModel`` with a LoRA adapter (Hu et al. 2021).
 
     ``lora_cfg`` is :class:`cptcore.config.LoraConfig`: ``r``, ``alpha``, ``dropout``,
-    ``target_modules``; ``train_embeddings`` also trains the input embeddings (and a
+    ``target_modules``, ``use_rslora`` (rank-stabilised scaling ``alpha / sqrt(r)``,
+    Kalajdzievski 2023), ``use_dora`` (weight-decomposed LoRA, Liu et al. 2024: adds a
+    trainable ``lora_magnitude_vector`` per adapted layer); ``train_embeddings`` also trains the input embeddings (and a
     separate output head when embeddings are untied) fully, as peft ``modules_to_save``.
 
     Raises:
@@ -41,6 +43,8 @@ def add_lora(model, lora_cfg):
         target_modules=list(lora_cfg.target_modules),
         modules_to_save=to_save,
         task_type="CAUSAL_LM",
+        use_rslora=bool(lora_cfg.use_rslora),
+        use_dora=bool(lora_cfg.use_dora),
     )
     peft_model = get_peft_model(model, cfg)
     for attr in ("cpt_attn_implementation", "cpt_source_folder"):

@@ -14,8 +14,7 @@ own ``clip_grad_norm_`` (a global norm over the shards). Checkpoints keep each r
 own optimizer state (``optimizer/rank{R}.pt``): FSDP's gathered optimizer state drops
 parameters whose shard is empty on rank 0, which broke exact resume.
 
-Refused before training: LoRA (``TorchFSDPPlugin.enable_lora`` raises
-NotImplementedError) and ``training.freeze`` (flat parameters need one
+Refused before training: LoRA (:data:`LORA_WHY`) and ``training.freeze`` (flat parameters need one
 ``requires_grad`` per unit); ``fp16`` (needs FSDP's sharded grad scaler; use bf16).
 """
 
@@ -36,6 +35,11 @@ from ..train.sharded import ShardedStrategy
 if TYPE_CHECKING:
     from ..config import OptimizerConfig, RunConfig
 
+#: measured on 2 gloo ranks: peft before boost trains under FSDP(use_orig_params=True), but
+#: saving the checkpoint's adapter on rank 0 runs FSDP state-dict collectives on one rank
+LORA_WHY = ("TorchFSDPPlugin.enable_lora raises NotImplementedError (colossalai booster/plugin/"
+            "torch_fsdp_plugin.py:566) and a peft model under FSDP trains but cptcore cannot yet save its "
+            "adapter (a rank-0 state dict of FSDP-sharded parameters needs every rank); use zero2, gemini or ddp")
 SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 
 
@@ -172,7 +176,7 @@ def cpt_register_strategies():
             options=FSDPOptions,
             validate=validate_fsdp,
             capabilities=Capabilities(lora=False, freeze=False, sharded_checkpoint=True, why_not={
-                "lora": "TorchFSDPPlugin.enable_lora is not implemented in ColossalAI 0.5.0; use zero2 or ddp",
+                "lora": LORA_WHY,
                 "freeze": "FSDP flat parameters need one requires_grad per unit; use zero2 or ddp"}),
             description="PyTorch FSDP via TorchFSDPPlugin (parameters, gradients, optimizer states sharded)",
         )

@@ -17,7 +17,11 @@ in gathered chunks (``zero/gemini/chunk/manager.py:290``).
 Gemini accepts only ColossalAI's HybridAdam/CPUAdam/FusedAdam
 (``zero/gemini/gemini_optimizer.py:121``): this strategy builds HybridAdam (AdamW mode,
 same betas/eps/weight-decay groups as the default optimizer). Gemini trains in bf16 or
-fp16 only. LoRA is refused (``GeminiPlugin.enable_lora`` raises NotImplementedError).
+fp16 only. LoRA: ``GeminiPlugin.enable_lora`` raises NotImplementedError
+(``booster/plugin/gemini_plugin.py:709``), but a peft model built before ``boost`` trains:
+Gemini ignores the frozen base weights (``zero/gemini/gemini_ddp.py:826``, kept whole in
+bf16/fp16 on every rank, not sharded) and shards the adapters. DoRA is refused
+(:data:`DORA_WHY`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ from ..train.sharded import ShardedStrategy, plugin_max_norm
 
 if TYPE_CHECKING:
     from ..config import OptimizerConfig, RunConfig
+
+
+DORA_WHY = ("DoRA's magnitude vector is computed from the frozen base weight each forward; not tested "
+            "under Gemini's chunks (only LoRA and rsLoRA are); use zero2 or ddp")
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,12 @@ def validate_gemini(options: GeminiOptions | None, config: "RunConfig", world_si
 
 def capabilities(options: GeminiOptions | None) -> Capabilities:
     """No LoRA; ``placement_policy=auto`` needs CUDA."""
-    why = {"lora": "GeminiPlugin.enable_lora is not implemented in ColossalAI 0.5.0; use zero2 or ddp"}
+    why = {"dora": DORA_WHY}
     auto = (options or GeminiOptions()).placement_policy == "auto"
     if auto:
         why["cpu"] = ("placement_policy=auto needs CUDA (Gemini measures CUDA memory to place chunks); "
                       "use gemini (static) on CPU")
-    return Capabilities(lora=False, cpu=not auto, sharded_checkpoint=True, why_not=why)
+    return Capabilities(dora=False, cpu=not auto, sharded_checkpoint=True, why_not=why)
 
 
 class GeminiStrategy(ShardedStrategy):

@@ -21,8 +21,9 @@ Korthikanti et al. 2022 for sequence parallelism).
   pipeline parallelism; ZeRO refuses fp32).
 
 Logits are gathered over the TP group (``parallel_output=False``) so the loop's loss
-sees the whole vocabulary. Refused before training: LoRA (ShardFormer cannot shard a
-peft-wrapped model; ``enable_lora`` asserts ``tp_size == 1``), embedding noise with
+sees the whole vocabulary. LoRA (peft built before ``boost``) with ``tp_size=1`` and ``pp_size=1``; refused with
+``tp_size > 1`` (``enable_lora`` asserts ``tp_size == 1``) or ``pp_size > 1`` (the
+pipeline policy cannot find the decoder inside a PeftModel), and DoRA. Refused: embedding noise with
 ``pp_size > 1`` (the embedding lives on the first stage only and the per-sample lengths
 NEFTune needs do not cross stages) or ``tp_size > 1`` (TP ranks would draw different
 noise for the same activations).
@@ -108,17 +109,24 @@ def validate_hybrid3d(options: Hybrid3DOptions | None, config: "RunConfig", worl
 
 
 def capabilities(options: Hybrid3DOptions | None) -> Capabilities:
-    """No LoRA; no embedding noise with ``pp_size > 1`` or ``tp_size > 1``; a pipeline
+    """LoRA only with tp_size=pp_size=1, no DoRA; no embedding noise with ``pp_size > 1`` or ``tp_size > 1``; a pipeline
     when ``pp_size > 1``."""
     opts = options or Hybrid3DOptions()
-    why = {"lora": "ShardFormer cannot shard a peft-wrapped model (ColossalAI enable_lora needs tp_size=1 and no "
-                   "pipeline); use zero2 or ddp"}
+    why = {"dora": "DoRA is not tested under ShardFormer (only LoRA and rsLoRA with tp_size=1, pp_size=1); "
+                   "use zero2 or ddp"}
+    if opts.tp_size > 1:
+        why["lora"] = (f"tp_size={opts.tp_size}: ColossalAI's HybridParallelPlugin.enable_lora asserts tp_size == 1 "
+                       "(booster/plugin/hybrid_parallel_plugin.py:1516; ShardFormer cannot split peft's LoRA layers)")
+    elif opts.pp_size > 1:
+        why["lora"] = (f"pp_size={opts.pp_size}: the LLaMA pipeline policy takes the decoder as self.model.model "
+                       "(shardformer/policies/llama.py:313,340), which on a PeftModel is the LlamaForCausalLM, not "
+                       "the LlamaModel; use tp_size=1 pp_size=1 (ZeRO over dp), zero2 or ddp")
     if opts.pp_size > 1:
         why["noise"] = (f"with pp_size={opts.pp_size} the embedding runs on the first stage only and per-sample "
                         "lengths do not cross stages")
     elif opts.tp_size > 1:
         why["noise"] = f"with tp_size={opts.tp_size} each TP rank would draw different noise for the same activations"
-    return Capabilities(lora=False, noise="noise" not in why, pipeline=opts.pp_size > 1, sharded_checkpoint=True,
+    return Capabilities(lora="lora" not in why, dora=False, noise="noise" not in why, pipeline=opts.pp_size > 1, sharded_checkpoint=True,
                         why_not=why)
 
 

@@ -24,6 +24,7 @@ def overrides_from_flags(**flags: Any) -> dict:
         "micro_batch_size": "training.micro_batch_size", "accumulation_steps": "training.accumulation_steps",
         "lr": "optimizer.lr", "seed": "training.seed", "resume": "checkpointing.resume",
         "data": "data.train", "freeze": "training.freeze", "objective": "training.objective",
+        "peak_flops": "training.peak_flops",
     }
     out = {}
     for flag, key in mapping.items():
@@ -57,6 +58,7 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest checkpoint in OUT) or a checkpoint folder."),
         freeze: Optional[str] = typer.Option(None, "--freeze", help="none | non-embeddings."),
         objective: Optional[str] = typer.Option(None, "--objective", help="Training objective (cpt objectives); default causal_lm."),
+        peak_flops: Optional[float] = typer.Option(None, "--peak-flops", help="Dense peak FLOP/s of one device, for MFU (default: table by GPU name; measured on CPU)."),
         nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="Start N ranks on this node (torchrun's agent runs in this process)."),
         nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (each runs this command with its --node-rank)."),
         node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1 (node 0 hosts the rendezvous)."),
@@ -77,7 +79,7 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
             model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
             max_steps=max_steps, save_every=save_every, eval_every=eval_every,
             micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, lr=lr, seed=seed,
-            resume=resume, freeze=freeze, objective=objective,
+            resume=resume, freeze=freeze, objective=objective, peak_flops=peak_flops,
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
         from ..plugin_files import with_plugin_files

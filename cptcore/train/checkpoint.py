@@ -302,10 +302,13 @@ def save_checkpoint(
     def write() -> None:
         strategy.save(tmp, model, optimizer, scheduler)
         (tmp / "rng" / f"rank-{rank}.json").write_text(json.dumps(rng_state()), encoding="utf-8")
+        adapter = hf_model
+        if adapter is not None and is_peft(adapter) and getattr(strategy, "full_params_local", True) is False:
+            adapter = strategy.unwrap(model)  # sharded (Gemini, hybrid): the local module holds no full adapter
         if rank == 0:
             write_resolved(config, tmp)
-            if hf_model is not None and is_peft(hf_model):
-                hf_model.save_pretrained(str(tmp / "adapter"))
+            if adapter is not None and is_peft(adapter):
+                adapter.save_pretrained(str(tmp / "adapter"))
 
     def complete() -> None:
         if rank != 0:

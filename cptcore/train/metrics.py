@@ -6,7 +6,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -81,3 +81,60 @@ class Progress:
     def close(self) -> None:
         if self._p is not None:
             self._p.stop()
+
+
+def mfu_meter(trainer: Any) -> Any:
+    """The :class:`cptcore.train.mfu.Meter` of a set-up Trainer (``None`` when no peak is
+    known: an accelerator missing from :data:`cptcore.train.mfu.PEAKS` without
+    ``training.peak_flops``; logged once). ``N`` from the unwrapped module
+    (:func:`~cptcore.train.mfu.count_n`), devices = the world size."""
+    import torch
+
+    from .mfu import Meter, count_n, flops_model, resolve_peak
+    from .plan import log
+
+    device = trainer.strategy.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    peak, source = resolve_peak(trainer.config.training.peak_flops, device.type, name, trainer.strategy.precision, tf32)
+    if peak is None:
+        log(f"MFU not logged: {source}")
+        return None
+    model = trainer.hf_model
+    flops = flops_model(model.config, getattr(trainer, "mfu_n", None) or count_n(model))
+    log(f"MFU over {peak:.3g} FLOP/s per device ({source}); N = {flops.n_params:,} matmul parameters")
+    return Meter(flops, peak, trainer.plan.world_size, bool(trainer.config.model.gradient_checkpointing), source)
+
+
+def mfu_metrics(meter: Any, batches: Sequence[Any], tokens: int, seconds: float) -> dict:
+    """``{"mfu", "hfu", "model_flops"}`` of one step (empty without a meter): ``tokens``
+    (non-pad, all data-parallel ranks) over ``seconds``; the attended positions
+    (:func:`cptcore.train.mfu.attended_positions`, per document) are this rank's
+    micro-batches' scaled to ``tokens`` (ranks' rows are alike; saves a collective)."""
+    if meter is None:
+        return {}
+    from .mfu import attended_positions
+
+    local, attended = 0, 0
+    for b in batches:
+        ids = b["input_ids"]
+        lengths = b["lengths"] if "lengths" in b else [ids.shape[1]] * ids.shape[0]
+        local += int(sum(int(x) for x in lengths))
+        pos = b["position_ids"] if "position_ids" in b else [list(range(ids.shape[1]))] * ids.shape[0]
+        attended += attended_positions(pos, lengths)
+    attended_all = attended * tokens / local if local else 0.0
+    return {"mfu": meter.mfu(tokens, attended_all, seconds), "hfu": meter.hfu(tokens, attended_all, seconds),
+            "model_flops": meter.flops.model_flops(tokens, attended_all)}
+
+
+def mean_mfu(meter: Any, model_flops: float, seconds: float) -> float | None:
+    """Run MFU for ``summary.json``: all steps' model FLOPs over their summed time."""
+    if meter is None or seconds <= 0:
+        return None
+    return model_flops / (seconds * meter.devices * meter.peak)
+
+
+def progress_info(metrics: Mapping[str, Any]) -> str:
+    """The progress line's text: ``loss 2.3456, 1,234 tok/s, MFU 41.2%`` (MFU when known)."""
+    mfu = f", MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
+    return f"loss {metrics['loss']:.4f}, {metrics.get('tokens_per_second', 0.0):,.0f} tok/s{mfu}"

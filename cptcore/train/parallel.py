@@ -141,16 +141,16 @@ def check_model(name: str, model_config: Mapping[str, Any] | None, *, tp: int = 
         raise ConfigError(f"{name}: {layers} layers are not divisible by pp({pp})")
 
 
-def check_combination(name: str, *, lora: bool = False, noise: bool = False, freeze: bool = False,
-                      refuse: Mapping[str, str] | None = None) -> None:
+def check_combination(name: str, *, lora: bool = False, dora: bool = False, noise: bool = False,
+                      freeze: bool = False, refuse: Mapping[str, str] | None = None) -> None:
     """Refuse a feature combination the strategy cannot train, in one line.
 
     Args:
-        refuse: feature (``"lora"``, ``"noise"``, ``"freeze"``) -> reason, for the
+        refuse: feature (``"lora"``, ``"dora"``, ``"noise"``, ``"freeze"``) -> reason, for the
             features this strategy configuration refuses.
     """
-    wanted = {"lora": lora, "noise": noise, "freeze": freeze}
-    labels = {"lora": "LoRA", "noise": "embedding noise (NEFTune)", "freeze": "training.freeze"}
+    wanted = {"lora": lora, "dora": dora, "noise": noise, "freeze": freeze}
+    labels = {"lora": "LoRA", "dora": "DoRA (lora.use_dora)", "noise": "embedding noise (NEFTune)", "freeze": "training.freeze"}
     for key, reason in (refuse or {}).items():
         if wanted.get(key):
             raise ConfigError(f"{name}: {labels[key]} is not supported: {reason}")

@@ -162,6 +162,7 @@ def check_numbers(config: RunConfig) -> None:
     trainable.check(config)  # training.trainable (new_rows: its original row count)
     lr_lambda(config.schedule.name, config.schedule.warmup_steps, t.max_steps, config.schedule.min_lr_ratio)
     check_optimizer(config.optimizer)
+    check_peak_flops(t.peak_flops)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"strategy.precision must be fp32, bf16 or fp16, got '{config.strategy.precision}'")
     # FA2 takes fp16/bf16 only: auto picks SDPA for fp32; a forced FA2 that cannot run is refused here
@@ -186,6 +187,13 @@ def check_optimizer(opt: Any) -> None:
         raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas}")
 
 
+def check_peak_flops(value: Any) -> None:
+    """``training.peak_flops``: ``None`` or a positive finite FLOP/s figure (MFU)."""
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and math.isfinite(value) and value > 0):
+        raise ConfigError(f"training.peak_flops must be a positive FLOP/s figure (e.g. 9.89e14), got {value!r}")
+
+
 def check_capabilities(name: str, caps: Capabilities, config: RunConfig) -> None:
     """Refuse, in one line, what the strategy declared it cannot do.
 
@@ -195,9 +203,9 @@ def check_capabilities(name: str, caps: Capabilities, config: RunConfig) -> None
             ``NAME: REASON`` for a GPU-only strategy without CUDA.
     """
     refuse = {key: caps.why_not.get(key, "use 'ddp' or disable it")
-              for key in ("lora", "noise", "freeze") if not getattr(caps, key)}
-    check_combination(name, lora=config.lora.enabled, noise=bool(config.noise.name),
-                      freeze=trainable.restricts(config), refuse=refuse)
+              for key in ("lora", "dora", "noise", "freeze") if not getattr(caps, key)}
+    check_combination(name, lora=config.lora.enabled, dora=config.lora.enabled and config.lora.use_dora,
+                      noise=bool(config.noise.name), freeze=trainable.restricts(config), refuse=refuse)
     if not caps.cpu:
         import torch  # only for strategies that declared they need CUDA
 

@@ -141,6 +141,8 @@ class ShardedStrategy(BoosterStrategy):
         ``AutoModelForCausalLM.from_config`` module loads it (fp32, CPU). Every rank
         must call this.
         """
+        from .export import is_peft
+
         inner = super().unwrap(model)
         if self.full_params_local:
             return inner
@@ -156,7 +158,16 @@ class ShardedStrategy(BoosterStrategy):
         if config is None:
             raise RuntimeError(f"{self.name}: cannot gather a model without a Hugging Face config")
         fresh = AutoModelForCausalLM.from_config(config)
-        load_sharded_checkpoint(fresh, str(folder), strict=False)
+        fresh.tie_weights()
+        if is_peft(inner):  # LoRA: the same adapters, loaded under either naming the plugins write
+            fresh = _like_peft(inner, fresh)
+            missing = _load_peft_gathered(fresh, Path(folder))
+        else:
+            missing, _ = load_sharded_checkpoint(fresh, str(folder), strict=False)
+        # strict=False only for the tied head the sharded savers leave out; nothing else may be missing
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing:
+            raise RuntimeError(f"{self.name}: the gathered checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
         fresh.tie_weights()
         if dist.is_initialized():
             dist.barrier()
@@ -244,3 +255,47 @@ class PipelineStrategy(ShardedStrategy):
             logits = torch.empty(*shape.tolist(), dtype=torch.float32, device=self.device)
         dist.broadcast(logits, src=last, group=self.pp_group)
         return logits
+
+
+def _like_peft(inner: Any, fresh: Any) -> Any:
+    """``fresh`` wrapped in the same peft adapters as ``inner`` (a ``PeftModel``)."""
+    import copy
+
+    from peft import get_peft_model
+
+    return get_peft_model(fresh, copy.deepcopy(inner.peft_config["default"]))
+
+
+def _load_peft_gathered(peft_model: Any, folder: Path) -> list[str]:
+    """Load a plugin-gathered checkpoint of a peft model into ``peft_model``; returns the
+    missing names. Gemini writes the peft module's own names (``base_model.model.`` +
+    ``...q_proj.base_layer.weight``); HybridParallel writes the base model's names with
+    ``base_layer.`` removed (ColossalAI ``interface/model.py`` ``PeftUnwrapMixin``):
+    both are mapped onto the base model's state dict. Shards are read without pickle
+    code execution (safetensors, or ``torch.load(weights_only=True)``) and only from
+    inside ``folder``."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    index = next((folder / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                  if (folder / n).is_file()), None)
+    names = (sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) if index else
+             sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")))
+    state: dict[str, Any] = {}
+    for name in names:
+        path = folder / Path(name).name  # never outside the folder
+        part = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                      weights_only=True)
+        state.update({k.removeprefix("base_model.model."): v for k, v in part.items()})
+    base = peft_model.get_base_model()
+    mapped, missing = {}, []
+    for key in base.state_dict():
+        src = key if key in state else key.replace("base_layer.", "")
+        if src in state:
+            mapped[key] = state[src]
+        else:
+            missing.append(key)
+    base.load_state_dict(mapped, strict=False)
+    return missing

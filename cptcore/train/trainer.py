@@ -49,7 +49,9 @@ from . import build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Loader, collate
 from .launch import init_distributed
-from .metrics import Progress, make_loggers, peak_memory_mb, truncate_jsonl
+from .mfu import count_n
+from .metrics import (Progress, make_loggers, mean_mfu, mfu_meter, mfu_metrics, peak_memory_mb, progress_info,
+                      truncate_jsonl)
 from .optim import scheduler_factory
 from .plan import check_batches, log
 
@@ -168,6 +170,7 @@ class Trainer:
         self.noise = build.attach_noise(self.plan.noise, self.hf_model)
         n_train = sum(p.numel() for p in self.hf_model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.hf_model.parameters())
+        self.mfu_n = count_n(self.hf_model)  # before wrap: sharding strategies empty the local parameters
         log(f"strategy {self.strategy.name} ({self.plan.world_size} process(es), dp={self.strategy.dp_size}), "
             f"precision {self.strategy.precision}, {n_train:,} of {n_all:,} parameters trainable, "
             f"{self.plan.accumulation} micro-batch(es) of {t.micro_batch_size} per step")
@@ -438,6 +441,7 @@ class Trainer:
             loggers = make_loggers(self.plan.loggers, self.out / "logs", self.config)
         progress = Progress(t.max_steps, self.state.step, self.config.logging.progress and rank() == 0)
         start_time, step_time = time.time(), 0.0  # step_time: steps only, no eval/checkpoint
+        self.mfu, self.flops_done = mfu_meter(self), 0.0  # MFU: cptcore.train.mfu
         metrics: dict[str, Any] = {}
         eval_metrics: dict[str, Any] = {}
         stopped = None
@@ -458,7 +462,9 @@ class Trainer:
                 metrics = {"loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
                            "tokens_per_second": m.tokens / dt if dt > 0 else 0.0,
                            "tokens_seen": self.state.tokens_seen, "epoch": self.sampler.epoch,
-                           "peak_memory_mb": peak_memory_mb(self.strategy.device)}
+                           "peak_memory_mb": peak_memory_mb(self.strategy.device),
+                           **mfu_metrics(self.mfu, batches, m.tokens, dt)}
+                self.flops_done += metrics.get("model_flops", 0.0)
                 if epoch_end:
                     metrics["epoch_end"] = 1
                 metrics.update(self.sampler.tally.metrics() if hasattr(self.sampler, "tally") else {})
@@ -468,7 +474,7 @@ class Trainer:
                 if rank() == 0 and (self.due(max(1, self.config.logging.log_every)) or "eval_loss" in metrics):
                     for lg in loggers:
                         lg.log(metrics, self.state.step)
-                progress.update(self.state.step, f"loss {metrics['loss']:.4f}")
+                progress.update(self.state.step, progress_info(metrics))
                 if self.due(self.config.checkpointing.save_every):
                     self.save_checkpoint()
         finally:
@@ -496,6 +502,7 @@ class Trainer:
             "step_time_s": round(step_time, 3),
             "tokens_per_second": this_run / step_time if step_time > 0 else 0.0,  # training steps only
             "wall_tokens_per_second": this_run / wall if wall > 0 else 0.0,  # setup, eval, checkpoints, export too
+            "mfu": mean_mfu(getattr(self, "mfu", None), getattr(self, "flops_done", 0.0), step_time),  # steps only
             "final_loss": metrics.get("loss"),
             "final_eval_loss": eval_metrics.get("eval_loss"),
             "final_eval_perplexity": eval_metrics.get("eval_perplexity"),
