@@ -262,12 +262,13 @@ def test_dry_run_prints_resolved_steps_and_tokens(env, tmp_path, cpt_cli):
     rows = _rows(env["train"])
     code, out = cpt_cli(*base, "--epochs", "2")
     steps = math.ceil(2 * (rows // 2) / 3)
-    assert code == 0 and f"steps:    {steps} optimizer steps, {steps * 384:,} tokens (384 per step); " \
-                          f"length from training.epochs=2" in out, out
+    assert code == 0 and f"steps:    {steps} optimizer steps of 3 micro-batch(es) x 2 row(s) x dp 1 " \
+                          f"({steps * 384:,} tokens, 384 per step; length from training.epochs=2)" in out, out
     code, out = cpt_cli(*base, "--max-tokens", "1M")
-    assert code == 0 and f"steps:    {math.ceil(10**6 / 384)} optimizer steps" in out and "training.max_tokens=1,000,000" in out
+    assert code == 0 and f"steps:    {math.ceil(10**6 / 384)} optimizer steps" in out
+    assert "(1,000,320 tokens, 384 per step; length from training.max_tokens=1,000,000)" in out  # 2605 x 384
     code, out = cpt_cli(*base)
-    assert code == 0 and "steps:    100 optimizer steps, 38,400 tokens" in out and "length from default" in out
+    assert code == 0 and "(38,400 tokens, 384 per step; length from default" in out, out
 
 
 def test_counts_and_sizes():

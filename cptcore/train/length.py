@@ -43,7 +43,7 @@ class RunLength:
     value: float | int | None = None  # the deciding key's value (epochs, tokens or steps)
 
     def describe(self) -> str:
-        """One line: ``N optimizer steps, T tokens (t per step); length from KEY=VALUE``."""
+        """``T tokens, t per step; length from KEY=VALUE`` (tokens left out when unknown)."""
         if self.decided_by == "epochs":
             why = f"training.epochs={self.value:g}"
         elif self.decided_by == "max_tokens":
@@ -52,9 +52,9 @@ class RunLength:
             why = "training.max_steps"
         else:
             why = "default (no max_steps, epochs or max_tokens set)"
-        tokens = f", {self.steps * self.tokens_per_step:,} tokens ({self.tokens_per_step:,} per step)" \
+        tokens = f"{self.steps * self.tokens_per_step:,} tokens, {self.tokens_per_step:,} per step; " \
             if self.tokens_per_step else ""
-        return f"{self.steps} optimizer steps{tokens}; length from {why}"
+        return f"{tokens}length from {why}"
 
 
 def check_length_keys(config: Any) -> str:

@@ -111,9 +111,9 @@ class Plan:
         lines = [
             f"data:     {len(self.train)} training folder(s), {len(self.eval)} eval folder(s)"
             + (f", rows {sum(m.rows or 0 for m in self.manifests):,}" if self.manifests else " (none given)"),
-            f"steps:    {self.length.describe() if self.length else f'{t.max_steps} optimizer steps'}",
-            f"          each of {self.accumulation} micro-batch(es) x "
-            f"{t.micro_batch_size} row(s) x dp {self.layout.dp}; schedule {c.schedule.name}, "
+            f"steps:    {t.max_steps} optimizer steps of {self.accumulation} micro-batch(es) x "
+            f"{t.micro_batch_size} row(s) x dp {self.layout.dp}"
+            + (f" ({self.length.describe()})" if self.length else "") + f"; schedule {c.schedule.name}, "
             f"warm-up {c.schedule.warmup_steps}, lr {c.optimizer.lr:g}",
             f"run:      {start}; objective {self.objective.name}"
             + (f"; noise {self.noise.name}" if self.noise else "")
