@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
 from .eval.sets import check_budget, named_sets
+from .units import parse_count
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,21 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | constant
-    warmup_steps: int = 0  # linear warm-up from 0 to lr, in optimizer steps
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    name: str = "cosine"  # a schedule of the registry (cpt schedules): cosine | constant | wsd | rewarm | plugins'
+    warmup_steps: int = 0  # linear warm-up to lr, in optimizer steps
+    min_lr_ratio: float = 0.1  # the decaying schedules end at lr * min_lr_ratio
+    options: dict[str, Any] = field(default_factory=dict)  # checked by the schedule plugin
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     out_dir: str = "runs/default"
-    max_steps: int = 100  # optimizer steps
+    # the run's length: at most one of max_steps / epochs / max_tokens (none: 100 steps);
+    # the precheck resolves epochs and max_tokens to max_steps (docs/training.md#run-length)
+    max_steps: int | None = None  # optimizer steps
+    epochs: float | None = None  # passes over the mixture (manifest rows, weights applied)
+    max_tokens: int | str | None = None  # training tokens (row positions); "2M", "1.5B" accepted (an int after loading)
+    max_shard_size: str = "2GB"  # safetensors shard size of exported folders (HF syntax: "500MB", "5GB")
     micro_batch_size: int = 1  # sequences per rank per forward/backward
     accumulation_steps: int = 1  # micro-batches per optimizer step
     global_batch_tokens: int | None = None  # if set, accumulation is derived from it
@@ -97,6 +104,10 @@ class TrainingConfig:
     objective: str = "causal_lm"  # training objective (cpt objectives)
     objective_options: dict[str, Any] = field(default_factory=dict)  # checked by the objective plugin
     peak_flops: float | None = None  # dense FLOP/s of one device for MFU; None = table (GPU) / measured (CPU)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_tokens, str):
+            object.__setattr__(self, "max_tokens", parse_count(self.max_tokens, "training.max_tokens"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +201,7 @@ class RunConfig:
 
 
 # Sections whose unknown keys are plugin options rather than errors.
-_OPEN_SECTIONS = {"strategy", "noise"}
+_OPEN_SECTIONS = {"strategy", "noise", "schedule"}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -290,6 +301,15 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str, sources: Mapping[s
         src = _source_of(dotted, sources)
         if key not in names or (key == "options" and section in _OPEN_SECTIONS):
             if section in _OPEN_SECTIONS:
+                if key == "options" and isinstance(value, Mapping):  # section.options.KEY = section.KEY
+                    for inner, v in value.items():
+                        if inner in options:
+                            raise ConfigError(f"{src}: '{section}.{inner}' is set twice (also as "
+                                              f"'{section}.options.{inner}')")
+                        options[inner] = v
+                    continue
+                if key in options:
+                    raise ConfigError(f"{src}: '{dotted}' is set twice (also as '{section}.options.{key}')")
                 options[key] = value
                 continue
             raise _unknown(dotted, names, src)

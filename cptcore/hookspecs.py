@@ -193,6 +193,27 @@ def cpt_register_objectives() -> list:
 
 
 @hookspec
+def cpt_register_schedules() -> list:
+    """Register learning-rate schedules, selected with ``schedule.name`` (built-in:
+    ``cosine``, ``constant``, ``wsd``, ``rewarm``).
+
+    Called: once per ``cpt train`` / ``cpt schedules``, when the registry is built; the
+    precheck resolves ``schedule.name`` and its options and builds the schedule once to
+    validate it; every Trainer (one per stage) builds it again for its own steps.
+    Returns: ``list[ScheduleSpec]`` (or ``None``). ``build(options, *, warmup_steps,
+    max_steps, min_lr_ratio, **more)`` returns ``f(step) -> float``, the multiplier of
+    the peak LR for the 0-based update ``step`` (torch-free).
+
+    Example::
+
+        @hookimpl
+        def cpt_register_schedules():
+            return [ScheduleSpec(name="linear", build=lambda options, *, warmup_steps, max_steps, **more:
+                                 lambda s: 1.0 - s / max_steps)]
+    """
+
+
+@hookspec
 def cpt_register_commands(app: Any, pm: Any) -> None:
     """Add commands to the ``cpt`` CLI.
 

@@ -315,6 +315,34 @@ class ExecutorSpec:
 
 
 @dataclass(frozen=True)
+class ScheduleSpec:
+    """A learning-rate schedule (``schedule.name``; ``cpt schedules``).
+
+    Attributes:
+        name: registry name, e.g. ``"cosine"``, ``"wsd"``.
+        build: ``build(options, *, warmup_steps, max_steps, min_lr_ratio, **more) ->
+            f(step) -> float``: ``f`` gives the multiplier of the peak LR
+            (``optimizer.lr``) for the update with 0-based index ``step`` (``step = 0`` is
+            the first update; ``LambdaLR`` multiplies it in). Arguments come by keyword
+            (accept ``**more``: later versions may pass more); ``max_steps`` is the run's
+            (or the stage's) optimizer steps as resolved by the precheck (from
+            ``training.max_steps``, ``epochs`` or ``max_tokens``). Must be torch-free and
+            deterministic; raises :class:`cptcore.errors.ConfigError` (one line naming
+            the ``schedule.*`` key) for values it cannot honour. Called once by the
+            precheck (to validate) and once per Trainer.
+        options: dataclass of the schedule's own options (``schedule.KEY`` or
+            ``schedule.options.KEY``; ``warmup_steps`` and ``min_lr_ratio`` are common
+            keys of the section, not options).
+    """
+
+    name: str
+    build: Callable[..., Callable[[int], float]]
+    description: str = ""
+    options: type | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RegistryKind:
     """How one registry is built: its hook, what it holds, and its listing command."""
 
@@ -334,4 +362,5 @@ REGISTRY_KINDS: Sequence[RegistryKind] = (
     RegistryKind("executors", "cpt_register_executors", "executor", "executors"),  # cpt prepare/clean --executor
     RegistryKind("embedding_inits", "cpt_register_embedding_inits", "embedding init", "embedding-inits"),
     RegistryKind("objectives", "cpt_register_objectives", "objective", "objectives"),
+    RegistryKind("schedules", "cpt_register_schedules", "schedule", "schedules"),
 )

@@ -11,7 +11,7 @@ import torch
 
 from cptcore.errors import ConfigError, CptError
 from cptcore.train import data as tdata
-from cptcore.train.optim import lr_lambda, param_groups
+from cptcore.train.optim import param_groups
 
 
 # ------------------------------------------------------------------ optimizer and schedule
@@ -37,17 +37,17 @@ def test_param_groups_nothing_trainable():
 
 
 def test_cosine_schedule_with_warmup_to_min():
-    f = lr_lambda("cosine", warmup_steps=2, max_steps=10, min_lr_ratio=0.1)
+    from cptcore.recipes.schedules import constant, cosine
+
+    f = cosine(warmup_steps=2, max_steps=10, min_lr_ratio=0.1)
     assert [f(0), f(1)] == [0.5, 1.0]
     assert f(2) == pytest.approx(1.0)
     assert f(6) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(10) == pytest.approx(0.1)
     assert f(50) == pytest.approx(0.1)
-    assert lr_lambda("constant", 0, 5, 0.1)(3) == 1.0
+    assert constant(0, 5, 0.1)(3) == 1.0
     with pytest.raises(ConfigError, match="warmup_steps"):
-        lr_lambda("cosine", 20, 10, 0.1)
-    with pytest.raises(ConfigError, match="unknown schedule"):
-        lr_lambda("linear", 0, 10, 0.1)
+        cosine(20, 10, 0.1)
 
 
 # ------------------------------------------------------------------ masks and padding

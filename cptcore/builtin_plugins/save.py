@@ -4,10 +4,11 @@ safetensors, config, generation config and tokenizer, via :func:`cptcore.train.e
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
-from ..train.export import save_hf
+from ..train.export import SHARD_SIZE, save_hf
 
 
 @hookimpl(trylast=True)
 def cpt_save(model, out_dir, config, tokenizer):
     merge = bool(config.lora.merge_on_export) if config is not None else True
-    return save_hf(model, out_dir, tokenizer, merge_lora=merge)
+    shard = config.training.max_shard_size if config is not None else SHARD_SIZE
+    return save_hf(model, out_dir, tokenizer, merge_lora=merge, max_shard_size=shard)

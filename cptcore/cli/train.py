@@ -25,6 +25,7 @@ def overrides_from_flags(**flags: Any) -> dict:
         "lr": "optimizer.lr", "seed": "training.seed", "resume": "checkpointing.resume",
         "data": "data.train", "freeze": "training.freeze", "objective": "training.objective",
         "peak_flops": "training.peak_flops",
+        "epochs": "training.epochs", "max_tokens": "training.max_tokens", "max_shard_size": "training.max_shard_size",
     }
     out = {}
     for flag, key in mapping.items():
@@ -48,7 +49,10 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         out: Optional[str] = typer.Option(None, "--out", help="Output folder (OUT)."),
         strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy name (cpt strategies)."),
         noise: Optional[str] = typer.Option(None, "--noise", help="Embedding noise name (cpt noise), e.g. neftune."),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (at most one of --max-steps, --epochs, --max-tokens; none: 100)."),
+        epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training mixture, resolved to steps (e.g. 2, 0.5)."),
+        max_tokens: Optional[str] = typer.Option(None, "--max-tokens", help="Training tokens (row positions), resolved to steps: 2000000, 2M, 1.5B."),
+        max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Safetensors shard size of OUT/final (HF syntax: 500MB, 2GB; default 2GB)."),
         save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0: at the end only)."),
         eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: at the end only)."),
         micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Rows per rank per forward."),
@@ -77,7 +81,7 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
             raise ConfigError("--node-rank, --master-addr and --master-port need --nproc-per-node or --nnodes > 1")
         overrides = overrides_from_flags(
             model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
-            max_steps=max_steps, save_every=save_every, eval_every=eval_every,
+            max_steps=max_steps, epochs=epochs, max_tokens=max_tokens, max_shard_size=max_shard_size, save_every=save_every, eval_every=eval_every,
             micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, lr=lr, seed=seed,
             resume=resume, freeze=freeze, objective=objective, peak_flops=peak_flops,
         )
@@ -128,12 +132,16 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         model: Optional[str] = typer.Option(None, "--model", help="Base model folder (instead of the checkpoint config's model.path)."),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (instead of the checkpoint config's)."),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the base model's own Python code (never taken from the checkpoint)."),
+        max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Safetensors shard size (HF syntax: 500MB, 2GB; default: the checkpoint config's training.max_shard_size)."),
     ) -> None:
         """Export any checkpoint as a Hugging Face folder (LoRA: adapter, or merged)."""
         from ..train.export_cli import export_checkpoint
+        from ..units import parse_shard_size
 
+        if max_shard_size is not None:
+            parse_shard_size(max_shard_size)  # one line before the checkpoint is read
         path = export_checkpoint(pm, checkpoint, out, merge_lora=merge_lora, model=model, tokenizer=tokenizer,
-                                 trust_remote_code=trust_remote_code)
+                                 trust_remote_code=trust_remote_code, max_shard_size=max_shard_size)
         typer.echo(f"exported {checkpoint} -> {path}")
 
     @app.command("generate")

@@ -339,6 +339,10 @@ def precheck_stages(config: RunConfig, pm: "CptPluginManager", world_size: int |
         try:
             tps = tokens_per_step(cfg, pm, world) if "tokens" in entry["budget"] else None
             steps = budget_steps(entry["budget"], tps, label)
+            for key in ("epochs", "max_tokens"):  # the stage's budget decides its length
+                if getattr(cfg.training, key) is not None:
+                    raise ConfigError(f"training.{key}: a run with stages takes each stage's length from its "
+                                      "budget ({steps: N} or {tokens: 2M}), not from training.epochs/max_tokens")
             cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, max_steps=steps))
         except CptError as exc:
             raise type(exc)(f"{label}: {exc}") from None

@@ -20,9 +20,12 @@ def is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_hf(model: Any, out_dir: str | Path, tokenizer: Any = None, merge_lora: bool = True) -> Path:
+def save_hf(model: Any, out_dir: str | Path, tokenizer: Any = None, merge_lora: bool = True,
+            max_shard_size: int | str = SHARD_SIZE) -> Path:
     """Write ``model`` as a Hugging Face folder: ``model*.safetensors`` (sharded at
-    2 GB, index file when sharded; tied weights stored once), ``config.json``,
+    ``max_shard_size``, bytes or HF's syntax ``"500MB"``/``"2GB"``, default 2 GB;
+    ``model.safetensors.index.json`` when sharded; tied weights stored once; a tensor
+    larger than the limit gets a shard of its own), ``config.json``,
     ``generation_config.json`` and the tokenizer files.
 
     A peft model is merged into its base first (``merge_and_unload``, which changes the
@@ -32,12 +35,18 @@ def save_hf(model: Any, out_dir: str | Path, tokenizer: Any = None, merge_lora: 
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        ConfigError: ``max_shard_size`` is not a size (:func:`cptcore.units.parse_shard_size`).
     """
+    from ..units import parse_shard_size
+
+    shard_bytes = parse_shard_size(max_shard_size, "max_shard_size")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_peft(model) and merge_lora:
         model = model.merge_and_unload()
-    model.save_pretrained(str(out), safe_serialization=True, max_shard_size=SHARD_SIZE)
+    model.save_pretrained(str(out), safe_serialization=True, max_shard_size=shard_bytes)
     if not is_peft(model):
         gen = getattr(model, "generation_config", None)
         if gen is not None and not (out / "generation_config.json").exists():

@@ -54,12 +54,13 @@ def checkpoint_config(ckpt: Path, model: str | None = None, tokenizer: str | Non
 
 def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lora: bool = False,
                       model: str | None = None, tokenizer: str | None = None,
-                      trust_remote_code: bool = False) -> Path:
+                      trust_remote_code: bool = False, max_shard_size: str | None = None) -> Path:
     """Verify the checkpoint (checksums, see docs/security.md), rebuild the model from its
     ``config.yaml`` (:func:`checkpoint_config`; ``cpt_build_model``, so LoRA wraps it
     again), load the checkpoint's weights, and write a Hugging Face folder through
     ``cpt_save``. With LoRA and no ``merge_lora`` the folder holds the peft adapter; with
-    ``merge_lora`` full merged weights.
+    ``merge_lora`` full merged weights. ``max_shard_size`` (HF syntax, ``"500MB"``)
+    replaces the checkpoint config's ``training.max_shard_size``.
 
     Raises:
         CptError: incomplete or damaged checkpoint (naming the file), non-empty ``out``,
@@ -71,6 +72,11 @@ def export_checkpoint(pm: Any, checkpoint: str | Path, out: str | Path, merge_lo
     validate_checkpoint(ckpt)
     config = checkpoint_config(ckpt, model, tokenizer, trust_remote_code)
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, merge_on_export=merge_lora))
+    if max_shard_size is not None:
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, max_shard_size=max_shard_size))
+    from ..units import parse_shard_size
+
+    parse_shard_size(config.training.max_shard_size, "training.max_shard_size")
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         # `cpt export` has no --overwrite (prepare_out_dir's own message suggests one)
         raise CptError(f"output folder {out} exists and is not empty: choose another --out or delete it")

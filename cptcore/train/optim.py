@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
@@ -58,44 +59,68 @@ def strip_names(groups: list[dict]) -> list[dict]:
     return [{k: v for k, v in g.items() if k != "names"} for g in groups]
 
 
-def lr_lambda(name: str, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
-    """Multiplier of the peak LR at optimizer step ``s`` (0-based: the LR used by the
-    ``s``-th update).
+@dataclass(frozen=True)
+class Schedule:
+    """A resolved ``schedule`` section: the registry's spec, its parsed options and the
+    common keys. What :func:`scheduler_factory` takes; a stage resolves its own."""
 
-    * warm-up: ``(s + 1) / warmup_steps`` for ``s < warmup_steps`` (linear from
-      ``1/warmup`` to 1; the first update never uses LR 0);
-    * ``cosine``: then ``min + (1 - min) * 0.5 * (1 + cos(pi * t))`` with
-      ``t = (s - warmup) / (max_steps - warmup)`` clamped to [0, 1], so the last update
-      approaches ``min_lr_ratio`` (Loshchilov & Hutter 2017, SGDR, without restarts);
-    * ``constant``: 1 after warm-up.
+    spec: Any
+    options: Any = None
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def multiplier(self, max_steps: int) -> Callable[[int], float]:
+        """``f(step)``: the peak-LR multiplier of the 0-based update ``step`` for a run of
+        ``max_steps`` updates (``ScheduleSpec.build``).
+
+        Raises:
+            ConfigError: values the schedule cannot honour (e.g. warm-up > max_steps).
+        """
+        return self.spec.build(self.options, warmup_steps=self.warmup_steps, max_steps=max_steps,
+                               min_lr_ratio=self.min_lr_ratio)
+
+
+def resolve_schedule(schedule_cfg: Any, registry: Any, config: Any = None, section: str = "schedule") -> Schedule:
+    """``schedule_cfg`` (a :class:`cptcore.config.ScheduleConfig`) through the schedule
+    registry (:meth:`cptcore.registry.Registry.resolve`): spec, options, common keys.
+
+    Args:
+        registry: ``pm.registry("schedules")``.
+        config, section: where the values came from, for messages (a stage passes its own
+            section, e.g. ``"stages.align.schedule"``).
 
     Raises:
-        ConfigError: unknown name, negative warm-up, warm-up > max_steps, ratio outside [0, 1].
+        RegistryError: unknown name (did-you-mean). ConfigError: an unknown or mistyped
+            option; a key close to a common one (``warmup_step``) names that key.
     """
-    if name not in ("cosine", "constant"):
-        raise ConfigError(f"schedule.name: unknown schedule '{name}' (valid: constant, cosine)")
-    if warmup_steps < 0 or warmup_steps > max_steps:
-        raise ConfigError(f"schedule.warmup_steps ({warmup_steps}) must be in [0, max_steps={max_steps}]")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ConfigError(f"schedule.min_lr_ratio ({min_lr_ratio}) must be in [0, 1]")
+    import difflib
 
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if name == "constant":
-            return 1.0
-        span = max(1, max_steps - warmup_steps)
-        t = min(1.0, max(0.0, (step - warmup_steps) / span))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-    return f
+    common = ("name", "warmup_steps", "min_lr_ratio")
+    spec = registry.get(schedule_cfg.name)
+    declared = [f.name for f in dataclasses.fields(spec.options)] if spec.options is not None else []
+    for key in schedule_cfg.options:
+        close = difflib.get_close_matches(key, common, n=1)
+        if key not in declared and close:
+            where = config.source(f"{section}.{key}") if config is not None else section
+            raise ConfigError(f"{where}: unknown key '{section}.{key}'; did you mean '{close[0]}'?")
+    spec, options = registry.resolve(schedule_cfg.name, schedule_cfg.options, config=config, section=section)
+    return Schedule(spec, options, int(schedule_cfg.warmup_steps), float(schedule_cfg.min_lr_ratio))
 
 
-def scheduler_factory(schedule_cfg: Any, max_steps: int) -> Callable[[Any], Any]:
-    """``f(optimizer) -> torch.optim.lr_scheduler.LambdaLR`` following :func:`lr_lambda`.
-    Stepped once per optimizer step; its ``last_epoch`` is the number of updates done
-    and is restored from checkpoints."""
-    fn = lr_lambda(schedule_cfg.name, schedule_cfg.warmup_steps, max_steps, schedule_cfg.min_lr_ratio)
+def scheduler_factory(schedule: Schedule, max_steps: int) -> Callable[[Any], Any]:
+    """``f(optimizer) -> torch.optim.lr_scheduler.LambdaLR`` following
+    ``schedule.multiplier(max_steps)`` (the run's or the stage's resolved steps). Stepped
+    once per optimizer step; its ``last_epoch`` is the number of updates done and is
+    restored from checkpoints.
+
+    Raises:
+        ConfigError: see :meth:`Schedule.multiplier` (raised here, before any optimizer exists).
+    """
+    fn = schedule.multiplier(max_steps)
 
     def make(optimizer: Any) -> Any:
         import torch

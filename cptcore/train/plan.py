@@ -25,6 +25,7 @@ from ..config import RunConfig
 from ..contract import Manifest
 from ..data.manifest import check_labelled
 from ..errors import ConfigError, DataError
+from ..units import parse_shard_size
 from ..model.load import check_model_path, choose_attention, compute_dtype, load_tokenizer
 from ..recipes import trainable
 from ..specs import Capabilities
@@ -33,7 +34,8 @@ from .checkpoint import list_checkpoints, resolve_resume, validate_checkpoint
 from .resume_check import check_resume
 from .runlock import ensure_writable
 from .data import Source, check_sources, parse_source, seq_length, split_source
-from .optim import lr_lambda
+from .length import RunLength, check_length_keys, resolve_length
+from .optim import Schedule, resolve_schedule
 from .parallel import Layout, check_combination, make_layout
 
 if TYPE_CHECKING:
@@ -68,6 +70,9 @@ class Plan:
         seq_len: the longest ``max_length`` the training manifests name (``None``: unknown).
         accumulation: micro-batches per optimizer step.
         resume: the checkpoint to resume from and ``resume_state`` its trainer state.
+        schedule: the ``schedule`` section resolved through the schedule registry.
+        length: the run's length; ``config.training.max_steps`` holds its steps (with
+            ``epochs``/``max_tokens`` cleared, so the written ``config.yaml`` stays valid).
     """
 
     config: RunConfig
@@ -88,6 +93,8 @@ class Plan:
     accumulation: int = 1
     resume: Path | None = None
     resume_state: Mapping[str, Any] | None = None
+    schedule: Schedule | None = None  # the resolved schedule section (scheduler_factory's input)
+    length: RunLength | None = None  # how config.training.max_steps was resolved
 
     @property
     def loss_chunk_tokens(self) -> int | None:
@@ -112,7 +119,8 @@ class Plan:
             f"data:     {len(self.train)} training folder(s), {len(self.eval)} eval folder(s)"
             + (f", rows {sum(m.rows or 0 for m in self.manifests):,}" if self.manifests else " (none given)"),
             f"steps:    {t.max_steps} optimizer steps of {self.accumulation} micro-batch(es) x "
-            f"{t.micro_batch_size} row(s) x dp {self.layout.dp}; schedule {c.schedule.name}, "
+            f"{t.micro_batch_size} row(s) x dp {self.layout.dp}"
+            + (f" ({self.length.describe()})" if self.length else "") + f"; schedule {c.schedule.name}, "
             f"warm-up {c.schedule.warmup_steps}, lr {c.optimizer.lr:g}",
             f"run:      {start}; objective {self.objective.name}"
             + (f"; noise {self.noise.name}" if self.noise else "")
@@ -148,8 +156,7 @@ def check_numbers(config: RunConfig) -> None:
         ConfigError: one line naming the key.
     """
     t = config.training
-    if t.max_steps < 1:
-        raise ConfigError(f"training.max_steps must be >= 1, got {t.max_steps}")
+    check_length_keys(config)
     for key in ("eval_every", "micro_batch_size"):
         if getattr(t, key) < (1 if key == "micro_batch_size" else 0):
             raise ConfigError(f"training.{key} has an invalid value {getattr(t, key)}")
@@ -160,7 +167,7 @@ def check_numbers(config: RunConfig) -> None:
     if config.lora.enabled and t.freeze != "none":
         raise ConfigError("--freeze non-embeddings and lora.enabled exclude each other (use lora.train_embeddings)")
     trainable.check(config)  # training.trainable (new_rows: its original row count)
-    lr_lambda(config.schedule.name, config.schedule.warmup_steps, t.max_steps, config.schedule.min_lr_ratio)
+    parse_shard_size(t.max_shard_size, "training.max_shard_size")
     check_optimizer(config.optimizer)
     check_peak_flops(t.peak_flops)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
@@ -314,8 +321,9 @@ def resolve_plugins(config: RunConfig, pm: "CptPluginManager", world: int) -> di
     if extra:
         raise ConfigError(f"{config.source(f'logging.options.{extra[0]}')}: logging.options.{extra[0]}: "
                           f"'{extra[0]}' is not in logging.loggers ({', '.join(config.logging.loggers) or 'none'})")
+    schedule = resolve_schedule(config.schedule, pm.registry("schedules"), config)
     return dict(strategy=Choice(spec, options), capabilities=caps, layout=layout_for(spec.name, options, world),
-                noise=noise, objective=objective, loggers=loggers)
+                noise=noise, objective=objective, loggers=loggers, schedule=schedule)
 
 
 def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None = None, *,
@@ -357,8 +365,14 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
     seq = seq_length(manifests)
     dp = plugins["layout"].dp
     accumulation = accumulation_steps(config, seq, dp)
+    per_epoch = None
     if manifests and all(m.rows is not None for m in manifests):
-        check_batches([m.rows for m in manifests], [s.weight for s in train], t.micro_batch_size, dp, accumulation)
+        per_epoch = check_batches([m.rows for m in manifests], [s.weight for s in train], t.micro_batch_size, dp,
+                                  accumulation)
+    length = resolve_length(config, batches_per_epoch=per_epoch, accumulation=accumulation, seq_len=seq, dp=dp)
+    t = dataclasses.replace(t, max_steps=length.steps, epochs=None, max_tokens=None)
+    config = dataclasses.replace(config, training=t)
+    plugins["schedule"].multiplier(length.steps)  # the schedule's own checks, for the resolved length
     resume = resolve_resume(config.checkpointing.resume, t.out_dir, log=log)
     state = None
     if resume is not None:
@@ -381,4 +395,4 @@ def precheck(config: RunConfig, pm: "CptPluginManager", world_size: int | None =
     return Plan(config=config, world_size=world, tokenizer=tokenizer, train=train, eval=evals,
                 eval_names=tuple(config.data.eval),
                 manifests=manifests, eval_manifests=eval_manifests, seq_len=seq, accumulation=accumulation,
-                resume=resume, resume_state=state, **plugins)
+                resume=resume, resume_state=state, length=length, **plugins)

@@ -175,7 +175,7 @@ class Trainer:
             f"precision {self.strategy.precision}, {n_train:,} of {n_all:,} parameters trainable, "
             f"{self.plan.accumulation} micro-batch(es) of {t.micro_batch_size} per step")
         self.model, self.optimizer, self.scheduler = self.strategy.wrap(
-            self.hf_model, self.config.optimizer, scheduler_factory(self.config.schedule, t.max_steps))
+            self.hf_model, self.config.optimizer, scheduler_factory(self.plan.schedule, t.max_steps))
         self.mask_dtype = self.compute_dtype()
         if self.config.model.gradient_checkpointing and not getattr(self.hf_model, "is_gradient_checkpointing", False):
             raise CptError("gradient checkpointing was requested but the model does not have it enabled")
