@@ -54,15 +54,19 @@ class SeenIndex:
         self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((k, doc) for k in keys))
         self._pending += len(keys)
         if self._pending >= _COMMIT_EVERY:
-            self._db.execute("COMMIT")
-            self._db.execute("BEGIN")
-            self._pending = 0
+            self._commit()
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+        self._pending = 0
 
     def __len__(self) -> int:
         return self._db.execute("SELECT count(*) FROM seen").fetchone()[0]
 
     def disk_bytes(self) -> int:
-        """Size of the file (pages written so far; the cache holds the rest)."""
+        """Size of the file, after writing the pending inserts."""
+        self._commit()
         return os.path.getsize(self.path)
 
     def close(self) -> None:
