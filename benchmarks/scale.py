@@ -48,10 +48,18 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=2, help="Workers of each run (--num-proc).")
     ap.add_argument("--memory-limit-mb", type=int, default=None, help="Memory each run may use (cgroup, else RLIMIT_DATA of the driver).")
     ap.add_argument("--tmp", default=None, help="Folder for the corpora and outputs (default: the system's temporary folder).")
+    ap.add_argument("--shard-mb", type=int, default=None, help="cpt clean --shard-mb (default: cpt clean's 16; input in flight is max(2, 2 x workers) shards).")
     ap.add_argument("--skip-prepare", action="store_true", help="Measure cpt clean only.")
     ap.add_argument("--nice", type=int, default=10, help="Niceness of the runs (a shared machine).")
+    ap.add_argument("--tight", type=int, nargs=2, metavar=("INPUT_MB", "LIMIT_MB"), default=None,
+                    help="Instead: one cpt clean (--num-proc 1 --shard-mb 2) of INPUT_MB under a cgroup of LIMIT_MB < INPUT_MB "
+                         "(results/scale_tight.json).")
     opts = ap.parse_args()
     from cptcore.clean.synthetic import synthetic_corpus
+
+    if opts.tight:
+        tight(opts, synthetic_corpus)
+        return
 
     limit = {}
     if opts.memory_limit_mb:
@@ -59,7 +67,8 @@ def main() -> None:
         limit = ({"cgroup_mb": opts.memory_limit_mb} if group else {"data_limit": opts.memory_limit_mb << 20})
     enforced = ("cgroup v%d memory limit" % cgroup_root()[1] if "cgroup_mb" in limit else
                 "RLIMIT_DATA of the driver" if limit else "none (peak RSS sampled only)")
-    result: dict = {"limit": {"mb": opts.memory_limit_mb, "enforced": enforced}, "num_proc": opts.num_proc, "sizes": []}
+    result: dict = {"limit": {"mb": opts.memory_limit_mb, "enforced": enforced}, "num_proc": opts.num_proc, "shard_mb": opts.shard_mb, "sizes": []}
+    shard = ["--shard-mb", str(opts.shard_mb)] if opts.shard_mb else []
     with tempfile.TemporaryDirectory(dir=opts.tmp) as tmp:
         tmp = Path(tmp)
         for mb in opts.sizes:
@@ -67,7 +76,7 @@ def main() -> None:
             docs = synthetic_corpus(corpus, mb << 20, exact_dups=0.05, near_dups=0.10)
             row: dict = {"input_mb": mb, "documents": docs}
             out = tmp / f"clean{mb}"
-            row["clean"] = run_cpt(["clean", "--input", str(corpus), "--out", str(out), "--num-proc", str(opts.num_proc), "--no-progress"],
+            row["clean"] = run_cpt(["clean", "--input", str(corpus), "--out", str(out), "--num-proc", str(opts.num_proc), "--no-progress", *shard],
                                    nice=opts.nice, **limit)
             stats = json.loads((out / "stats.json").read_text())
             row["clean"]["documents"] = stats["documents"]
@@ -91,6 +100,21 @@ def main() -> None:
     print_table(f"peak memory against input size (limit: {enforced}, {opts.memory_limit_mb} MB)",
                 ["command", "input MB", "docs", "peak RssAnon MB", "/ smallest", "maxrss MB", "cgroup peak MB", "s"], rows)
     print(f"wrote {write_result('scale', result)}")
+
+
+def tight(opts, synthetic_corpus) -> None:
+    """``cpt clean`` of an input larger than the memory cgroup it runs in."""
+    mb, limit_mb = opts.tight
+    if cgroup_root() is None:
+        raise SystemExit("--tight needs a writable memory cgroup")
+    with tempfile.TemporaryDirectory(dir=opts.tmp) as tmp:
+        corpus, out = Path(tmp) / "corpus.jsonl", Path(tmp) / "clean"
+        docs = synthetic_corpus(corpus, mb << 20, exact_dups=0.05, near_dups=0.10)
+        row = run_cpt(["clean", "--input", str(corpus), "--out", str(out), "--num-proc", "1", "--shard-mb", "2", "--no-progress"],
+                      nice=opts.nice, cgroup_mb=limit_mb)
+        row.update(input_mb=mb, documents=docs, stats=json.loads((out / "stats.json").read_text())["documents"])
+    print(json.dumps(row))
+    print(f"wrote {write_result('scale_tight', row)}")
 
 
 if __name__ == "__main__":
