@@ -19,7 +19,8 @@ disk next to ``--tmp``)::
 
     nice -n 10 .venv/bin/python benchmarks/scale.py --sizes 100 500 1500 --memory-limit-mb 1024
 
-Writes ``benchmarks/results/scale.json``. The corpora and outputs are deleted after
+Writes ``benchmarks/results/scale.json`` (figures in benchmarks/README.md, *Memory at
+scale*). The corpora and outputs are deleted after
 each size.
 """
 
