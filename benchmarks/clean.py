@@ -4,17 +4,17 @@ Measured, each run in its own subprocess on a synthetic corpus of real law lines
 (:func:`cptcore.clean.synthetic.synthetic_corpus`, distinct documents of ~650
 characters):
 
-* **peak memory against input size** at three sizes: ``ru_maxrss`` of the process and
-  its peak anonymous RSS (``RssAnon`` sampled every 5 ms: what it allocated, without the
-  file pages of memory-mapped Arrow files); ``cpt clean --shard-mb 2`` with quality, exact and near
-  (the LSH index grows ~2.8 kB per kept document) and with quality + exact only;
+* **peak memory against input size** at three small sizes (benchmarks/_rss.py: peak
+  ``RssAnon`` and ``ru_maxrss``); ``cpt clean --shard-mb 2`` with quality, exact and
+  near, and with quality + exact only (both dedup indexes are on disk since
+  cptcore.clean.index; benchmarks/scale.py measures 100 MB to 1.5 GB under a limit);
 * **local vs Ray**: the same ``cpt clean`` and ``cpt prepare`` with ``--num-proc 2``
   locally (fork pool) and ``--executor ray --num-proc 2`` (a local Ray instance started
   by the run, 2 workers); the ratio is Ray / local wall time, and the outputs are
   compared byte for byte.
 
 Run: ``.venv/bin/python benchmarks/clean.py [--sizes 4 16 48] [--ray-size 8]``
-(``--sizes 256 1024 2048`` for the issue's 1-2 GB; hours on 2 cores).
+(for the issue's 1-2 GB use benchmarks/scale.py).
 Writes ``benchmarks/results/clean.json``.
 """
 
@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,34 +31,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _machine import print_table, write_result  # noqa: E402
+from _rss import run_cpt  # noqa: E402
 
 TOKENIZER = ROOT / "tests/data/tokenizers/smollm2"
 SHARD_MB = 2  # cpt clean --shard-mb: in-flight input is 2 shards per worker, well below every size measured
-PEAK = """
-import re, resource, runpy, sys, threading, time
-peak = [0]
-def sample():
-    while True:
-        m = re.search(r"RssAnon:\\s+(\\d+)", open("/proc/self/status").read())
-        peak[0] = max(peak[0], int(m.group(1)))
-        time.sleep(0.005)
-threading.Thread(target=sample, daemon=True).start()
-sys.argv = ["cpt"] + sys.argv[1:]
-try:
-    runpy.run_module("cptcore.cli.main", run_name="__main__")
-except SystemExit as e:
-    assert not e.code, e.code
-print("PEAK", peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
 
 
 def run(args: list[str]) -> dict:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    anon, maxrss = proc.stdout.rsplit("PEAK", 1)[1].split()
-    return {"seconds": round(time.perf_counter() - t0, 2), "peak_anon_mb": round(int(anon) / 1024, 1), "maxrss_mb": round(int(maxrss) / 1024, 1)}
+    return run_cpt(args)
 
 
 def clean_args(corpus: Path, out: Path, near: bool, extra=()) -> list[str]:

@@ -273,7 +273,7 @@ class FilterSpec:
             filter object must be picklable (it is sent to worker processes and Ray
             tasks; load heavy resources lazily inside it). ``options`` is an instance of
             ``options`` (or ``None``); ``context`` a
-            :class:`cptcore.clean.filters.FilterContext` (seed, text field).
+            :class:`cptcore.clean.filters.FilterContext` (seed, ``scratch`` folder for on-disk indexes, their cache size).
         stage: ``"document"``: the filter has ``check(text: str) -> str | None``
             (``None`` keeps the document, else the removal detail, ``"RULE (detail)"``),
             a pure function run in the workers. ``"dedup"``: the filter has
@@ -281,7 +281,9 @@ class FilterSpec:
             workers), ``check(signature, key: int) -> str | None`` (run in the driver
             in input order; remembers the signature when it keeps the document) and
             ``add(signature, key)`` (remember without checking: a restarted run replays
-            the signatures of the documents kept before it was killed).
+            the signatures of the documents kept before it was killed); optionally
+            ``close()``, called once when the run ends (the built-in ``exact`` and
+            ``near`` delete their on-disk index, :mod:`cptcore.clean.index`, there).
         options: dataclass of thresholds (``--set NAME.KEY=VALUE``).
     """
 

@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script, option", [("train_overhead.py", "--rounds"), ("memory.py", "--shapes"), ("clean.py", "--ray-size"), ("vocab_init.py", "--steps"),
+@pytest.mark.parametrize("script, option", [("train_overhead.py", "--rounds"), ("memory.py", "--shapes"), ("clean.py", "--ray-size"), ("scale.py", "--memory-limit-mb"), ("vocab_init.py", "--steps"),
                                             ("eval_cost.py", "--eval-tokens")])
 def test_help(script, option):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120)

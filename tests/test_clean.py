@@ -116,6 +116,7 @@ def test_rerun_gives_identical_bytes_and_resumes_a_finished_run(planted, cleaned
     again = clean(pm, _args(corpus, evalf, tmp_path / "again"))  # same options: nothing redone
     assert again["shards_resumed"] == stats["inputs"][0]["shards"]
     assert again["documents"] == stats["documents"]
+    assert not list((tmp_path / "again" / "state").glob("index-*"))  # the on-disk dedup indexes are scratch
     with pytest.raises(ConfigError, match="other inputs or options"):
         clean(pm, _args(corpus, evalf, tmp_path / "again", seed=1))
 

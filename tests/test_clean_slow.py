@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from clean_support import eval_file, planted_corpus
 
 pytestmark = pytest.mark.slow
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 KILLER = '''
 import os, signal
@@ -124,43 +124,25 @@ def test_ray_executor_writes_the_same_clean_shards_and_prepare_rows(local_ray, t
         assert (tmp_path / "prep_ray" / name).read_bytes() == (tmp_path / "prep_local" / name).read_bytes()
 
 
-# Runs the CLI in this process while a thread samples RssAnon (anonymous resident memory:
-# what the process allocated; file pages of memory-mapped Arrow files are left out, the
-# kernel drops them under pressure) every 5 ms; prints the peak in kB.
-PEAK = """
-import re, runpy, sys, threading, time
-peak = [0]
-def sample():
-    while True:
-        m = re.search(r"RssAnon:\\s+(\\d+)", open("/proc/self/status").read())
-        peak[0] = max(peak[0], int(m.group(1)))
-        time.sleep(0.005)
-threading.Thread(target=sample, daemon=True).start()
-sys.argv = ["cpt"] + sys.argv[1:]
-try:
-    runpy.run_module("cptcore.cli.main", run_name="__main__")
-except SystemExit as e:
-    assert not e.code, e.code
-print("PEAK_KB", peak[0])
-"""
 DATA_LIMIT = 2 << 30  # private writable memory allowed to each run (RLIMIT_DATA; RLIMIT_AS
 # would count the CUDA libraries torch maps, several GB of address space never touched)
 
 
 def _peak_kb(args: list[str]) -> int:
-    def limit():
-        resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
-
-    proc = subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True, timeout=900, preexec_fn=limit)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return int(proc.stdout.rsplit("PEAK_KB", 1)[1])
+    """Peak anonymous RSS (kB) of ``cpt ARGS`` under DATA_LIMIT (benchmarks/_rss.py)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _rss import run_cpt
+    finally:
+        sys.path.remove(str(BENCH))
+    return int(run_cpt(args, data_limit=DATA_LIMIT, timeout=900)["peak_anon_mb"] * 1024)
 
 
 def test_clean_and_prepare_memory_stays_flat_as_the_input_grows(tmp_path, smollm2_tokenizer_dir):
     """Peak anonymous RSS of 4 MB and 24 MB runs, each under RLIMIT_DATA (2 GiB): the growth is below
     3/4 of the 20 MB more input (holding the input would cost more than twice it: Python
     strings + token arrays); measured 1.8 MB (clean) and 8.8 MB (prepare). The dedup
-    index holds ~150 bytes per kept document for ``exact``; documents stream."""
+    indexes are on disk (tests/test_clean_index.py); documents stream."""
     from cptcore.clean.synthetic import synthetic_corpus
 
     peaks = {}

@@ -10,13 +10,13 @@ from ..specs import FilterSpec
 def _exact(options, context):
     from ..clean.dedup import ExactDedup
 
-    return ExactDedup()
+    return ExactDedup(context.scratch, context.index_cache_mb)
 
 
 def _near(options, context):
     from ..clean.dedup import NearDedup
 
-    return NearDedup(options, context.seed)
+    return NearDedup(options, context.seed, context.scratch, context.index_cache_mb)
 
 
 def _quality(options, context):

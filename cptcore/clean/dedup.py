@@ -4,23 +4,30 @@ driver keeps the first document of every duplicate group, in input order.
 
 * ``exact``: BLAKE2b-128 of the normalised text (:func:`cptcore.clean.text.normalise`).
 * ``near``: MinHash of the word n-gram shingles (datasketch ``MinHash``, seeded, 32-bit
-  affine permutations) indexed in datasketch ``MinHashLSH`` (Broder 1997; bands and rows
-  chosen by datasketch to minimise false positives + false negatives at ``threshold``).
-  A document whose signature shares a band with an earlier kept document is removed.
+  affine permutations), cut into the LSH bands datasketch's ``MinHashLSH`` chooses for
+  ``threshold`` and ``num_perm`` (Broder 1997; bands and rows minimising false positives
+  + false negatives: 9 bands of 13 rows at 0.8 and 128). A document one of whose bands
+  (xxh64 of the band's values) equals a band of an earlier kept document is removed:
+  the decisions of datasketch's ``MinHashLSH.query`` / ``insert`` on the kept documents.
 
-Memory: the driver holds one entry per *kept* document, independent of document length:
-exact ~150 bytes (a dict entry), near ~2.8 kB (datasketch's in-memory LSH: 9 bands of 13
-rows at threshold 0.8 and 128 permutations, one dict entry and one set per band),
-measured with tracemalloc on 20,000 documents. Everything else streams.
+Memory: both look their keys up in a :class:`cptcore.clean.index.SeenIndex`, a SQLite
+file in ``FilterContext.scratch`` (the run's ``state/`` folder) with a bounded page
+cache (``index_cache_mb``, default 16 MiB each), so the driver's memory does not grow
+with the number of documents (it held ~2.8 kB per kept document for ``near``, ~150
+bytes for ``exact`` in memory before). On disk: ~0.3 kB (near) and ~50 bytes (exact)
+per kept document while the run lasts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .index import SeenIndex
 from .text import ngram_hashes, normalise, word_hashes, words
 
 
@@ -29,29 +36,74 @@ def _same(x):
     return x
 
 
-class ExactDedup:
-    """``signature(text)``: uint64 ``[2]`` (BLAKE2b-128 of the normalised text)."""
+class _Indexed:
+    """A dedup filter whose "seen" keys live in a :class:`SeenIndex` file
+    ``scratch/index-NAME.sqlite`` (a temporary folder when ``scratch`` is None), opened
+    at the first ``check`` / ``add`` (after ``cpt clean`` has made its output folder) and
+    deleted by ``close``."""
 
-    def __init__(self) -> None:
-        self.seen: dict[bytes, int] = {}
+    name = "dedup"
+
+    def _init_index(self, scratch: str | None, cache_mb: int) -> None:
+        self.scratch, self.cache_mb = scratch, cache_mb
+        self._seen = None
+        self._tmp = None
+
+    def index(self) -> SeenIndex:
+        if self._seen is None:
+            folder = self.scratch
+            if folder is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="cpt-clean-")
+                folder = self._tmp.name
+            self._seen = SeenIndex(Path(folder) / f"index-{self.name}.sqlite", self.cache_mb)
+        return self._seen
+
+    def keys(self, sig: np.ndarray) -> list[bytes]:
+        raise NotImplementedError
+
+    def first(self, sig: np.ndarray) -> int | None:
+        """The key of the earliest kept document sharing an index key with ``sig``."""
+        return self.index().first(self.keys(sig))
+
+    def add(self, sig: np.ndarray, key: int) -> None:
+        self.index().add(self.keys(sig), key)
+
+    def close(self) -> None:
+        if self._seen is not None:
+            self._seen.close()
+            self._seen = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __getstate__(self):  # workers only compute signatures
+        state = dict(self.__dict__)
+        state.update(_seen=None, _tmp=None)
+        return state
+
+
+class ExactDedup(_Indexed):
+    """``signature(text)``: uint64 ``[2]`` (BLAKE2b-128 of the normalised text); index
+    key: its 16 bytes."""
+
+    name = "exact"
+
+    def __init__(self, scratch: str | None = None, cache_mb: int = 16) -> None:
+        self._init_index(scratch, cache_mb)
 
     def signature(self, text: str) -> np.ndarray:
         digest = hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=16).digest()
         return np.frombuffer(digest, dtype=np.uint64).copy()
 
+    def keys(self, sig: np.ndarray) -> list[bytes]:
+        return [sig.tobytes()]
+
     def check(self, sig: np.ndarray, key: int) -> str | None:
-        b = sig.tobytes()
-        first = self.seen.get(b)
+        first = self.first(sig)
         if first is not None:
             return f"same normalised text as document #{first}"
-        self.seen[b] = key
+        self.add(sig, key)
         return None
-
-    def add(self, sig: np.ndarray, key: int) -> None:
-        self.seen.setdefault(sig.tobytes(), key)
-
-    def __getstate__(self):
-        return {"seen": {}}  # workers only compute signatures
 
 
 @dataclass(frozen=True)
@@ -63,10 +115,13 @@ class NearOptions:
     ngram: int = 5  # words per shingle (a CJK character is a word)
 
 
-class NearDedup:
-    """``signature(text)``: uint32 ``[num_perm]`` MinHash hash values."""
+class NearDedup(_Indexed):
+    """``signature(text)``: uint32 ``[num_perm]`` MinHash hash values; index keys: one
+    per LSH band, the band number (2 bytes) + xxh64 of the band's values (8 bytes)."""
 
-    def __init__(self, options: NearOptions, seed: int):
+    name = "near"
+
+    def __init__(self, options: NearOptions, seed: int, scratch: str | None = None, cache_mb: int = 16):
         from ..errors import ConfigError
 
         if not 0.0 < options.threshold < 1.0:
@@ -76,10 +131,13 @@ class NearDedup:
         self.o = options
         self.seed = seed
         self._perm = None
-        self._lsh = None
+        self._ranges = None
+        self._init_index(scratch, cache_mb)
 
     def __getstate__(self):
-        return {"o": self.o, "seed": self.seed, "_perm": None, "_lsh": None}
+        state = super().__getstate__()
+        state["_perm"] = None
+        return state
 
     def signature(self, text: str) -> np.ndarray:
         from datasketch import MinHash
@@ -94,29 +152,23 @@ class NearDedup:
             m.update_batch(shingles[i : i + 4096].tolist())
         return np.asarray(m.hashvalues, dtype=np.uint32)
 
-    def _index(self):
-        if self._lsh is None:
+    def bands(self) -> list[tuple[int, int]]:
+        """``[(start, end)]`` of each band in the signature (datasketch's choice)."""
+        if self._ranges is None:
             from datasketch import MinHashLSH
 
-            import xxhash
+            self._ranges = [tuple(r) for r in MinHashLSH(threshold=self.o.threshold, num_perm=self.o.num_perm).hashranges]
+        return self._ranges
 
-            # 8-byte band keys instead of 4 * rows bytes: ~2.8 kB per kept document, not ~3.2
-            self._lsh = MinHashLSH(threshold=self.o.threshold, num_perm=self.o.num_perm, hashfunc=xxhash.xxh64_digest)
-        return self._lsh
+    def keys(self, sig: np.ndarray) -> list[bytes]:
+        import xxhash
 
-    def _minhash(self, sig: np.ndarray):
-        from datasketch import LeanMinHash
-
-        return LeanMinHash(seed=self.seed, hashvalues=sig, scheme="affine32")
+        sig = np.ascontiguousarray(sig, dtype=np.uint32)
+        return [b.to_bytes(2, "little") + xxhash.xxh64_digest(sig[s:e].tobytes()) for b, (s, e) in enumerate(self.bands())]
 
     def check(self, sig: np.ndarray, key: int) -> str | None:
-        lsh = self._index()
-        m = self._minhash(sig)
-        hits = lsh.query(m)
-        if hits:
-            return f"near duplicate of document #{min(hits)}"
-        lsh.insert(key, m, check_duplication=False)
+        first = self.first(sig)
+        if first is not None:
+            return f"near duplicate of document #{first}"
+        self.add(sig, key)
         return None
-
-    def add(self, sig: np.ndarray, key: int) -> None:
-        self._index().insert(key, self._minhash(sig), check_duplication=False)

@@ -22,6 +22,8 @@ class FilterContext:
     """What a filter's ``make`` may need besides its options."""
 
     seed: int = 0  # seeds MinHash permutations (same seed, same output)
+    scratch: str | None = None  # folder for on-disk dedup indexes (cpt clean: OUT/state); None: a temporary one
+    index_cache_mb: int = 16  # page cache of each on-disk dedup index (MiB)
 
 
 @dataclass(frozen=True)

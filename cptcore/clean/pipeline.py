@@ -6,7 +6,9 @@ or ``shard_bytes`` bytes, never across inputs). Each shard goes to the executor 
 threads/processes or Ray tasks), which runs the document-stage filters and computes the
 dedup signatures; the driver then applies the dedup filters in input order, writes the
 shard's kept (and removed) documents, the signatures of what it kept, and last its
-completion marker ``state/part-NNNNN.json``. A rerun with the same options skips every
+completion marker ``state/part-NNNNN.json``. The built-in dedup filters keep their
+"seen" keys in SQLite files ``state/index-NAME.sqlite`` (:mod:`cptcore.clean.index`), so
+the driver's memory is bounded by the shards in flight, not by the corpus. A rerun with the same options skips every
 shard that has a marker (replaying its signatures into the dedup index), so a killed
 run resumes at the first unfinished shard and ends with the same bytes.
 """
@@ -291,8 +293,8 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
         options.setdefault("language", {})["keep"] = list(args.languages)
     if args.decontaminate:
         options.setdefault("decontaminate", {})["sets"] = _parse_sets(args.decontaminate)
-    chain = build_chain(pm, filter_names(args), options, FilterContext(seed=args.seed))
     out = Path(args.out)
+    chain = build_chain(pm, filter_names(args), options, FilterContext(seed=args.seed, scratch=str(out / "state")))
     resume = _prepare_out(out, _fingerprint(args, chain.names, chain.options), args.overwrite)
     run = _Run(args, chain, out)
     total_bytes = sum(os.path.getsize(p) for s in specs for p in readers.expand(s))
@@ -332,6 +334,9 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
         raise
     finally:
         executor.close()
+        for _name, f in chain.dedup:
+            if hasattr(f, "close"):
+                f.close()  # the on-disk indexes are scratch (rebuilt from the signatures on resume)
     stats = json.loads(json.dumps(merged.stats(args, chain, run.resumed, time.perf_counter() - t0)))  # as written
     write_json(out / "stats.json", stats)
     write_card(out / "card.md", stats, pm)
