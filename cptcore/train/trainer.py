@@ -41,6 +41,7 @@ import torch.distributed as dist
 from ..config import write_resolved
 from ..errors import CptError
 from ..eval.bpb import EvalResult as BpbResult
+from ..eval.bpb import eval_metrics
 from ..eval.bpb import result as bpb_result
 from ..eval import ledger_train
 from ..eval.prepared import evaluate_prepared
@@ -370,28 +371,9 @@ class Trainer:
         return bpb_result(total, int(count), None if nbytes is None else int(nb))
 
     def eval_metrics(self, results: Mapping[str, "BpbResult"]) -> dict[str, Any]:
-        """Per set ``NAME``: ``eval/NAME/loss`` (nats/token), ``eval/NAME/perplexity``,
-        ``eval/NAME/bpb`` (bits per UTF-8 byte, :mod:`cptcore.eval.bpb`; absent for
-        folders prepared without ``label_bytes``), ``eval/NAME/tokens``; pooled over all
-        sets (token-weighted): ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and
-        ``eval_bpb`` (when every set has bytes).
-
-        Raises:
-            CptError: the eval data has no label token.
-        """
-        out: dict[str, Any] = {}
-        nll, tokens, nbytes = 0.0, 0, 0
-        for name, r in results.items():
-            out.update({f"eval/{name}/{k}": v for k, v in r.metrics().items()})
-            nll, tokens = nll + r.nll, tokens + r.tokens
-            nbytes = None if (nbytes is None or r.bytes is None) else nbytes + r.bytes
-        if tokens == 0:
-            raise CptError("evaluation data has no label tokens")
-        pooled = bpb_result(nll, tokens, nbytes)
-        out.update({"eval_loss": pooled.loss, "eval_perplexity": pooled.perplexity, "eval_tokens": int(pooled.tokens)})
-        if pooled.bpb is not None:
-            out["eval_bpb"] = pooled.bpb
-        return out
+        """:func:`cptcore.eval.bpb.eval_metrics`: ``eval/NAME/{loss,perplexity,bpb,tokens}``
+        per set and the pooled ``eval_loss``/``eval_perplexity``/``eval_tokens``/``eval_bpb``."""
+        return eval_metrics(results)
 
     # ------------------------------------------------------------------ state I/O
     def save_checkpoint(self) -> Path:
