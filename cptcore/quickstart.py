@@ -274,7 +274,9 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
     print(text)
 
     say("6/6 report")
-    report = timed("report", lambda: write_report(run_dir, baseline_perplexity=ppl_before))
+    # the report's perplexity is pooled over both eval sets (eval_perplexity): its "before" is step 0's
+    step0 = json.loads((run_dir / "logs" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    report = timed("report", lambda: write_report(run_dir, baseline_perplexity=step0["eval_perplexity"]))
     s = report.summary
     result = QuickstartResult(
         model_dir=str(model_dir), train_data=str(data["train"]), heldout_data=str(data["heldout"]),
