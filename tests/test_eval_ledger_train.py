@@ -114,7 +114,7 @@ def test_stop_within_one_interval_then_resume_auto_keeps_baseline(env, tmp_path,
     # steps 0, 2, 4: en crosses its budget (1.0 + 0.05) at step 4 -> stop there
     _script(monkeypatch, {"zh": [2.0, 1.9, 1.8], "en": [1.0, 1.04, 1.2]})
     s = _train(run_config(out, env["model"], [str(env["zh"])], [f"zh={env['zh']}", f"en={env['en']}"], **base))
-    assert s["steps"] == 4 and s["stopped"]["step"] == 4 and "'en'" in s["stopped"]["reason"]
+    assert s["steps"] == 4 and s["ledger"]["stopped"]["step"] == 4 and "'en'" in s["stopped"] and "step 4" in s["stopped"]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"] and (out / "final" / "config.json").is_file()
     err = capfd.readouterr().err
     assert "beyond its budget 0.05 at step 4" in err and "stopped early" in err
@@ -122,7 +122,7 @@ def test_stop_within_one_interval_then_resume_auto_keeps_baseline(env, tmp_path,
     calls = _script(monkeypatch, {"zh": [1.7], "en": [1.3]})
     s2 = _train(run_config(out, env["model"], [str(env["zh"])], [f"zh={env['zh']}", f"en={env['en']}"],
                            **dict(base, eval__on_budget="warn", checkpointing__resume="auto")))
-    assert calls == {"zh": 1, "en": 1} and s2["steps"] == 6 and s2["stopped"] is None
+    assert calls == {"zh": 1, "en": 1} and s2["steps"] == 6 and s2["stopped"] is None and s2["ledger"]["stopped"] is None
     rows = _rows(out)
     assert [r["step"] for r in rows if "eval/en/bpb" in r] == [0, 2, 4, 6]
     assert rows[-1]["eval/en/bpb_delta"] == pytest.approx(0.3) and s2["ledger"]["baseline"]["en"]["bpb"] == pytest.approx(1.0)

@@ -484,7 +484,8 @@ class Trainer:
                 progress.update(self.state.step, progress_info(metrics) + self.ledger.progress_text())
                 if self.due(self.config.checkpointing.save_every) or (verdict is not None and verdict.save):
                     self.save_checkpoint()
-                if verdict is not None and verdict.stop:
+                if verdict is not None and verdict.stop:  # eval.on_budget: stop
+                    stopped = verdict.stop
                     break
         finally:
             progress.close()
@@ -519,7 +520,7 @@ class Trainer:
             "final_eval": {name: {k: eval_metrics[f"eval/{name}/{k}"] for k in ("loss", "perplexity", "bpb", "tokens",
                                   "acc") if f"eval/{name}/{k}" in eval_metrics} for name in (*self.eval_sets, *self.mc_sets)},
             "world_size": self.plan.world_size, "strategy": self.strategy.name, "final_dir": str(final_dir),
-            "stopped": self.ledger.stopped, "ledger": ledger_train.finish(self, rank()),
+            "ledger": ledger_train.finish(self, rank()),
         }
         if rank() == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
