@@ -40,6 +40,9 @@ class DataConfig:
     # named held-out prepared folders {NAME: PATH}; a list of "NAME=PATH" or "PATH" (named
     # after its folder) is accepted and normalised (cptcore.eval.sets.named_sets)
     eval: dict[str, str] | list[str] = field(default_factory=dict)
+    # named multiple-choice JSONL files {NAME: FILE} scored at step 0 and every eval
+    # (--eval-mc NAME=FILE; cptcore.eval.mc); names shared with data.eval are refused
+    eval_mc: dict[str, str] | list[str] = field(default_factory=dict)
     shuffle: bool = True
     num_workers: int = 0
     # rows (weights = row shares, the default) | tokens (weights = label-token shares) |
@@ -50,6 +53,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval", named_sets(self.eval, "data.eval"))
+        object.__setattr__(self, "eval_mc", named_sets(self.eval_mc, "data.eval_mc"))
         if self.mixing not in ("rows", "tokens", "bucketed"):
             raise ConfigError(f"data.mixing must be rows, tokens or bucketed, got {self.mixing!r}")
         if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1:
@@ -152,6 +156,7 @@ class EvalConfig:
     # NAME -> largest allowed bpb increase over step 0 on that retained set (bits/byte)
     budget: dict[str, float] = field(default_factory=dict)
     on_budget: str = "warn"  # warn | stop | keep_best (checked against data.eval on load)
+    mc_loglik: bool = True  # data.eval_mc: also the loglik scores (one forward per choice); False: letter only
 
 
 @dataclass(frozen=True)
@@ -465,7 +470,8 @@ def build_config(tree: Mapping[str, Any], sources: Mapping[str, str]) -> RunConf
     sources = dict(sources)
     cfg = _build(RunConfig, tree, "", sources)
     cfg = dataclasses.replace(cfg, sources=sources)
-    budget = check_budget(cfg.eval.budget, cfg.eval.on_budget, cfg.data.eval, lambda key: _source_of(key, sources))
+    budget = check_budget(cfg.eval.budget, cfg.eval.on_budget, cfg.data.eval, lambda key: _source_of(key, sources),
+                          mc_sets=cfg.data.eval_mc)
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, budget=budget))
 
 

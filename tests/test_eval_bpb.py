@@ -170,10 +170,11 @@ def test_train_logs_each_named_set(env, tmp_path):
     tags = set(tb.Tags()["scalars"])
     assert {"eval/poetry/bpb", "eval/docs/bpb", "eval/eval_loss", "train/loss"} <= tags
     assert tb.Scalars("eval/docs/bpb")[-1].value == pytest.approx(last["eval/docs/bpb"], rel=1e-6)
-    # the report of this real run: the ledger, its baseline the first evaluation (no step 0 yet)
+    # the report of this real run: the ledger, its baseline the step-0 evaluation
     from cptcore.report import write_report
 
     rep = write_report(out)
     assert [s.name for s in rep.ledger.sets] == ["poetry", "docs"] and rep.ledger.sets[1].final == last["eval/docs/bpb"]
     assert rep.eval_png.is_file() and rep.tradeoff_png.is_file()
-    assert "no step-0 evaluation" in rep.summary_md.read_text()
+    assert rows[0]["step"] == 0 and rep.ledger.sets[1].baseline == rows[0]["eval/docs/bpb"]
+    assert "no step-0 evaluation" not in rep.summary_md.read_text()

@@ -30,10 +30,18 @@ def _check_outputs(out, result, steps, mbs, length):
     engine = json.loads((run / "summary.json").read_text())
     assert engine["steps"] == steps and engine["tokens_trained"] == result.tokens_trained
     # the export, reloaded from disk, scores the held-out batches as the engine's final eval did
-    assert result.perplexity_after == pytest.approx(engine["final_eval_perplexity"], rel=1e-4)
+    assert result.perplexity_after == pytest.approx(engine["final_eval"]["law"]["perplexity"], rel=1e-4)
+    # the ledger: law (domain) and en (retained, budget 0.05) scored at step 0 and at the end, in bpb
+    rows = [json.loads(l) for l in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and {"eval/law/bpb", "eval/en/bpb"} <= set(rows[0]) and "eval/en/bpb" in rows[-1]
+    table = {r["set"]: r for r in result.ledger}
+    assert table["law"]["role"] == "domain" and table["en"]["role"] == "retained" and table["en"]["budget"] == 0.05
+    assert table["law"]["baseline"] == rows[0]["eval/law/bpb"] and table["en"]["final"] == rows[-1]["eval/en/bpb"]
+    assert result.perplexity_before == rows[0]["eval/law/perplexity"]
     assert math.isfinite(result.perplexity_before) and result.perplexity_before > 1.0
     md = (run / "report" / "summary.md").read_text()
-    assert f"{result.perplexity_before:.3f} → {result.perplexity_after:.3f}" in md
+    # the report's perplexity is pooled over law and en (eval_perplexity), from step 0 to the end
+    assert f"{rows[0]['eval_perplexity']:.3f} → {engine['final_eval_perplexity']:.3f}" in md
     saved = json.loads((out / "quickstart.json").read_text())
     assert saved["perplexity_before"] == result.perplexity_before
     assert saved["tokens_trained"] == result.tokens_trained
@@ -64,6 +72,7 @@ def test_quickstart_cli_with_tiny_model_and_rerun(tmp_path, cpt_cli, smollm2_tok
     code, output = cpt_cli(*args)
     assert code == 0, output
     assert "held-out perplexity" in output and "tokens trained" in output
+    assert "law bpb (domain)" in output and "en bpb (retained)" in output and "forgetting ledger" in output
     first = json.loads((out / "quickstart.json").read_text())
     assert first["tokens_trained"] == 64
     # a second run replaces the folder it made itself, with identical figures (seeded)

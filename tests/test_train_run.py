@@ -66,7 +66,8 @@ def test_run_outputs_layout_metrics_and_export(env, tmp_path):
     summary = _train(cfg)
     assert (out / "config.yaml").is_file() and any((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]  # keep_last=1
-    rows = _metrics(out)
+    base, *rows = _metrics(out)
+    assert base["step"] == 0 and base["tokens_seen"] == 0 and "eval_loss" in base  # the step-0 baseline
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert {"step", "time", "loss", "lr", "grad_norm", "tokens_per_second", "tokens_seen", "peak_memory_mb"} <= set(r)

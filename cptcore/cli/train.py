@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def overrides_from_flags(**flags: Any) -> dict:
     """Map CLI flag values to dotted config keys (``None`` = not given)."""
     mapping = {
-        "model": "model.path", "eval_data": "data.eval", "out": "training.out_dir",
+        "model": "model.path", "eval_data": "data.eval", "eval_mc": "data.eval_mc", "out": "training.out_dir",
         "strategy": "strategy.name", "noise": "noise.name", "max_steps": "training.max_steps",
         "save_every": "checkpointing.save_every", "eval_every": "training.eval_every",
         "micro_batch_size": "training.micro_batch_size", "accumulation_steps": "training.accumulation_steps",
@@ -32,7 +32,7 @@ def overrides_from_flags(**flags: Any) -> dict:
         value = flags.get(flag)
         if value is None or value == []:
             continue
-        if flag == "eval_data" and isinstance(value, str):
+        if flag in ("eval_data", "eval_mc") and isinstance(value, str):
             value = [value]
         out[key] = value
     return out
@@ -46,6 +46,7 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         model: Optional[str] = typer.Option(None, "--model", help="Hugging Face folder or .gguf file."),
         data: Optional[List[str]] = typer.Option(None, "--data", help="Prepared folder PATH[:WEIGHT][:norepeat] (repeatable; data.mixing says what weights mean)."),
         eval_data: Optional[List[str]] = typer.Option(None, "--eval-data", help="Named held-out prepared folder NAME=PATH, or PATH (named after its folder); repeatable."),
+        eval_mc: Optional[List[str]] = typer.Option(None, "--eval-mc", help="Multiple-choice JSONL NAME=FILE scored at step 0 and every eval (eval/NAME/acc); repeatable."),
         out: Optional[str] = typer.Option(None, "--out", help="Output folder (OUT)."),
         strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy name (cpt strategies)."),
         noise: Optional[str] = typer.Option(None, "--noise", help="Embedding noise name (cpt noise), e.g. neftune."),
@@ -80,7 +81,7 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         if nproc_per_node is None and nnodes == 1 and (node_rank or master_addr or master_port):
             raise ConfigError("--node-rank, --master-addr and --master-port need --nproc-per-node or --nnodes > 1")
         overrides = overrides_from_flags(
-            model=model, data=data, eval_data=eval_data, out=out, strategy=strategy, noise=noise,
+            model=model, data=data, eval_data=eval_data, eval_mc=eval_mc, out=out, strategy=strategy, noise=noise,
             max_steps=max_steps, epochs=epochs, max_tokens=max_tokens, max_shard_size=max_shard_size, save_every=save_every, eval_every=eval_every,
             micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, lr=lr, seed=seed,
             resume=resume, freeze=freeze, objective=objective, peak_flops=peak_flops,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping
 
 LN2 = math.log(2.0)
 
@@ -75,3 +75,30 @@ def result(nll: float, tokens: int, nbytes: int | None) -> EvalResult:
     bpb = bits_per_byte(nll, nbytes) if nbytes else None
     return EvalResult(nll=float(nll), tokens=int(tokens), bytes=None if nbytes is None else int(nbytes),
                       loss=loss, perplexity=math.exp(min(loss, 700.0)), bpb=bpb)
+
+
+def eval_metrics(results: Mapping[str, EvalResult]) -> dict[str, Any]:
+    """Flat metrics of per-set results: per set ``NAME`` ``eval/NAME/loss`` (nats/token),
+    ``eval/NAME/perplexity``, ``eval/NAME/bpb`` (absent for folders prepared without
+    ``label_bytes``), ``eval/NAME/tokens``; pooled over all sets (token-weighted):
+    ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and ``eval_bpb`` (when every set
+    has bytes).
+
+    Raises:
+        CptError: the eval data has no label token.
+    """
+    from ..errors import CptError
+
+    out: dict[str, Any] = {}
+    nll, tokens, nbytes = 0.0, 0, 0
+    for name, r in results.items():
+        out.update({f"eval/{name}/{k}": v for k, v in r.metrics().items()})
+        nll, tokens = nll + r.nll, tokens + r.tokens
+        nbytes = None if (nbytes is None or r.bytes is None) else nbytes + r.bytes
+    if tokens == 0:
+        raise CptError("evaluation data has no label tokens")
+    pooled = result(nll, tokens, nbytes)
+    out.update({"eval_loss": pooled.loss, "eval_perplexity": pooled.perplexity, "eval_tokens": int(pooled.tokens)})
+    if pooled.bpb is not None:
+        out["eval_bpb"] = pooled.bpb
+    return out

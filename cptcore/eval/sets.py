@@ -89,27 +89,39 @@ def named_sets(value: Any, where: str = "data.eval") -> dict[str, str]:
     return out
 
 
-def check_budget(budget: Mapping[str, Any], on_budget: str, sets: Mapping[str, str], source: Any = None) -> dict[str, float]:
+def check_budget(budget: Mapping[str, Any], on_budget: str, sets: Mapping[str, str], source: Any = None,
+                 mc_sets: Mapping[str, str] | None = None) -> dict[str, float]:
     """Validate ``eval.budget`` against the eval sets and ``eval.on_budget``.
 
     Args:
         budget: NAME -> largest allowed bpb increase over step 0 (bits/byte, >= 0).
         sets: the named eval sets (``data.eval``).
         source: ``f(dotted_key) -> where it was set`` for messages.
+        mc_sets: the multiple-choice sets (``data.eval_mc``): no budget may name one,
+            and no name may be both.
 
     Returns:
         ``{name: float}``.
 
     Raises:
-        ConfigError: unknown ``on_budget``; a budget naming no eval set; a budget that
-            is not a finite number >= 0.
+        ConfigError: unknown ``on_budget``; a budget naming no eval set (or a
+            multiple-choice set); a budget that is not a finite number >= 0;
+            ``keep_best`` without a domain set (a bpb set without a budget); a name in
+            both ``data.eval`` and ``data.eval_mc``.
     """
     src = source or (lambda key: "config")
+    mc_sets = mc_sets or {}
+    for name in mc_sets:
+        if name in sets:
+            raise ConfigError(f"{src('data.eval_mc')}: eval set name '{name}' is in both data.eval and data.eval_mc")
     if on_budget not in ON_BUDGET:
         raise ConfigError(f"{src('eval.on_budget')}: eval.on_budget must be one of {', '.join(ON_BUDGET)}, got {on_budget!r}")
     out: dict[str, float] = {}
     for name, value in budget.items():
         key = f"eval.budget.{name}"
+        if name in mc_sets:
+            raise ConfigError(f"{src(key)}: {key}: '{name}' is a multiple-choice set; budgets are bpb increases on "
+                              "data.eval sets")
         if name not in sets:
             known = ", ".join(sets) or "none (add --eval-data NAME=PATH)"
             raise ConfigError(f"{src(key)}: {key}: no eval set named '{name}' (eval sets: {known})")
@@ -120,4 +132,7 @@ def check_budget(budget: Mapping[str, Any], on_budget: str, sets: Mapping[str, s
         if isinstance(value, bool) or not (number >= 0 and math.isfinite(number)):
             raise ConfigError(f"{src(key)}: {key}: must be a finite number >= 0 (bits per byte), got {value!r}")
         out[name] = number
+    if on_budget == "keep_best" and not [n for n in sets if n not in out]:
+        raise ConfigError(f"{src('eval.on_budget')}: eval.on_budget keep_best needs a domain set: a data.eval set "
+                          "without a budget (the set whose bpb gain picks the best step)")
     return out

@@ -143,6 +143,7 @@ def run_recipe(recipe: RecipePlan, pm: "CptPluginManager") -> dict[str, Any]:
             trainer = Trainer(plan, pm).setup()
             trainer.state.stage = stage.record  # recorded in every checkpoint of the stage
             baseline = baseline or baseline_eval(trainer, stage, out)
+            trainer.baseline = baseline or None  # every stage measures bpb_delta/budgets against it; no rescoring
             last_summary = trainer.fit()
             _barrier()  # rank 0 has exported final/, which the next stage loads
         entries.append(stage_entry(stage, last_summary))

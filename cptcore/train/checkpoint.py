@@ -271,14 +271,15 @@ def _rank_world() -> tuple[int, int]:
 
 def save_checkpoint(
     out_dir: str | Path, step: int, strategy: Any, model: Any, optimizer: Any, scheduler: Any,
-    trainer_state: dict, config: Any, keep_last: int, hf_model: Any = None,
+    trainer_state: dict, config: Any, keep_last: int, hf_model: Any = None, protect: Any = (),
 ) -> Path:
     """Write ``OUT/checkpoints/step-{step}`` atomically (see the module docstring). Called
     on every rank. ``trainer_state`` gains ``step``, ``world_size``, ``layout`` and
     ``data`` (:func:`cptcore.train.resume_check.saved_fingerprint`). Folders ``step-*.tmp``
     left by killed saves are removed only while this process holds the run lock on
     ``out_dir`` (:mod:`.runlock`), so a save can never delete another run's save in
-    progress. Returns the final folder.
+    progress. ``protect``: steps whose checkpoints keep-last-K never deletes (the best
+    step of ``eval.on_budget: keep_best``). Returns the final folder.
 
     The ranks agree after each phase (an all-gather of "did this rank fail, and why"),
     so a write failure on one rank stops every rank with the same one-line error instead
@@ -325,7 +326,7 @@ def save_checkpoint(
         if held(out_dir):  # only this run writes here: a .tmp is a killed save of ours
             for stale in checkpoints_dir(out_dir).glob("step-*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
-        prune(out_dir, keep_last)
+        prune(out_dir, keep_last, protect)
 
     for phase in (start, write, complete):
         _agreed(phase, tmp, rank, world)
@@ -372,13 +373,14 @@ def _agreed(phase: Any, tmp: Path, rank: int, world: int) -> None:
         raise CptError(failed[0])
 
 
-def prune(out_dir: str | Path, keep_last: int) -> list[Path]:
+def prune(out_dir: str | Path, keep_last: int, protect: Any = ()) -> list[Path]:
     """Delete all but the newest ``keep_last`` complete checkpoints (``keep_last <= 0``
-    keeps all). Returns the deleted folders."""
+    keeps all) and those of the steps in ``protect``. Returns the deleted folders."""
     if keep_last <= 0:
         return []
     found = list_checkpoints(out_dir)
-    doomed = found[:-keep_last]
+    keep = {f"step-{int(s)}" for s in protect}
+    doomed = [p for p in found[:-keep_last] if p.name not in keep]
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed

@@ -278,7 +278,8 @@ def absolute_inputs(config: RunConfig) -> RunConfig:
         path=os.path.abspath(model.path) if model.path else model.path,
         tokenizer=os.path.abspath(model.tokenizer) if model.tokenizer else model.tokenizer,
     )
-    data = dataclasses.replace(config.data, train=[spec(v) for v in config.data.train], eval={name: spec(v) for name, v in config.data.eval.items()})
+    data = dataclasses.replace(config.data, train=[spec(v) for v in config.data.train], eval={name: spec(v) for name, v in config.data.eval.items()},
+                               eval_mc={name: os.path.abspath(v) for name, v in config.data.eval_mc.items()})
     return dataclasses.replace(config, model=model, data=data)
 
 

@@ -41,7 +41,9 @@ import torch.distributed as dist
 from ..config import write_resolved
 from ..errors import CptError
 from ..eval.bpb import EvalResult as BpbResult
+from ..eval.bpb import eval_metrics
 from ..eval.bpb import result as bpb_result
+from ..eval import ledger_train
 from ..eval.prepared import evaluate_prepared
 from ..recipes.mixing import DataExhausted, mixing_summary
 from ..registries import call_provider
@@ -71,17 +73,19 @@ class TrainState:
     loss_tokens: int = 0  # label tokens that carried loss, all ranks
     sampler: dict = field(default_factory=dict)
     stage: dict | None = None  # a recipe stage's record {name, index, recipe_sha256} (cptcore.recipes.stages)
+    ledger: dict = field(default_factory=dict)  # RunLedger.state_dict(): baseline, best step (JSON)
 
     def to_dict(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro_batches, "tokens_seen": self.tokens_seen,
                 "loss_tokens": self.loss_tokens, "sampler": self.sampler, "epoch": self.sampler.get("epoch", 0),
-                **({"stage": self.stage} if self.stage else {})}
+                "ledger": self.ledger, **({"stage": self.stage} if self.stage else {})}
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> "TrainState":
         return cls(step=int(saved["step"]), micro_batches=int(saved["micro_batches"]),
                    tokens_seen=int(saved["tokens_seen"]), loss_tokens=int(saved.get("loss_tokens", 0)),
-                   sampler=dict(saved.get("sampler") or {}), stage=saved.get("stage") or None)
+                   sampler=dict(saved.get("sampler") or {}), stage=saved.get("stage") or None,
+                   ledger=saved.get("ledger") or {})
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,13 @@ class Trainer:
     Attributes (after :meth:`setup`): ``strategy`` (:class:`~cptcore.train.strategy.Strategy`),
     ``model`` (wrapped), ``hf_model`` (the unwrapped module it wraps), ``optimizer``,
     ``scheduler``, ``loader`` (``None`` without training data), ``eval_sets``
-    (name -> ``f()`` returning an eval result or an iterable of batches), ``noise`` (handle or ``None``), ``state``.
+    (name -> ``f()`` returning an eval result or an iterable of batches), ``mc_sets``, ``ledger``
+    (:class:`~cptcore.eval.ledger_run.RunLedger`), ``noise`` (handle or ``None``), ``state``.
+    ``baseline`` ({NAME: {bpb, loss, ...}}): the eval results every change is measured
+    against; ``None`` = evaluate at step 0 in :meth:`fit` (a later stage is handed the first's).
     """
 
-    def __init__(self, plan: "Plan", pm: "CptPluginManager") -> None:
+    def __init__(self, plan: "Plan", pm: "CptPluginManager", baseline: Mapping[str, Any] | None = None) -> None:
         self.plan = plan
         self.pm = pm
         self.config = plan.config
@@ -135,6 +142,9 @@ class Trainer:
         self.collate_fn: Callable[..., dict] = plan.objective.spec.collate or collate
         # name -> f() returning an EvalResult (built-in sets) or an iterable of batches (custom sets)
         self.eval_sets: dict[str, Callable[[], Any]] = {}
+        self.mc_sets: dict[str, Callable[[], dict]] = {}  # name -> f() -> {eval/NAME/acc, ...} (data.eval_mc)
+        self.baseline = baseline
+        self.ledger: Any = None
         self.strategy: "Strategy" = None  # type: ignore[assignment]
         self.model: Any = None
         self.hf_model: Any = None
@@ -184,6 +194,7 @@ class Trainer:
             self.loader = Loader(data, self.sampler, self.plan.pad_id, block_mask=self.block_mask,
                                  mask_dtype=self.mask_dtype, collate_fn=self.collate_fn)
         self.eval_sets = self.build_eval_sets()
+        self.mc_sets, self.ledger = ledger_train.build_mc_sets(self), ledger_train.build_ledger(self)
         if self.plan.resume is not None:
             self.load_checkpoint(self.plan.resume)
         return self
@@ -317,16 +328,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        """Every eval set of :attr:`eval_sets`, forward only, all ranks; returns
-        :meth:`eval_metrics` of the per-set results (``{}`` without sets)."""
-        if not self.eval_sets:
+        """Every set of :attr:`eval_sets` and :attr:`mc_sets`, forward only, all ranks;
+        returns :meth:`eval_metrics` of the per-set results, the multiple-choice keys
+        (``eval/NAME/acc``...) and, once there is a baseline, ``eval/NAME/bpb_delta``
+        (``acc_delta``) = value - baseline (``{}`` without sets)."""
+        if not self.eval_sets and not self.mc_sets:
             return {}
         self.model.eval()
         try:
             results = {name: self.score_eval_set(source()) for name, source in self.eval_sets.items()}
+            out = self.eval_metrics(results) if results else {}
+            for source in self.mc_sets.values():
+                out.update(source())
         finally:
             self.model.train()
-        return self.eval_metrics(results)
+        return {**out, **(self.ledger.deltas(out) if self.ledger is not None else {})}
 
     def score_eval_set(self, source: Any) -> "BpbResult":
         """One eval set's result: ``source`` is what an :attr:`eval_sets` entry returned,
@@ -355,35 +371,19 @@ class Trainer:
         return bpb_result(total, int(count), None if nbytes is None else int(nb))
 
     def eval_metrics(self, results: Mapping[str, "BpbResult"]) -> dict[str, Any]:
-        """Per set ``NAME``: ``eval/NAME/loss`` (nats/token), ``eval/NAME/perplexity``,
-        ``eval/NAME/bpb`` (bits per UTF-8 byte, :mod:`cptcore.eval.bpb`; absent for
-        folders prepared without ``label_bytes``), ``eval/NAME/tokens``; pooled over all
-        sets (token-weighted): ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and
-        ``eval_bpb`` (when every set has bytes).
-
-        Raises:
-            CptError: the eval data has no label token.
-        """
-        out: dict[str, Any] = {}
-        nll, tokens, nbytes = 0.0, 0, 0
-        for name, r in results.items():
-            out.update({f"eval/{name}/{k}": v for k, v in r.metrics().items()})
-            nll, tokens = nll + r.nll, tokens + r.tokens
-            nbytes = None if (nbytes is None or r.bytes is None) else nbytes + r.bytes
-        if tokens == 0:
-            raise CptError("evaluation data has no label tokens")
-        pooled = bpb_result(nll, tokens, nbytes)
-        out.update({"eval_loss": pooled.loss, "eval_perplexity": pooled.perplexity, "eval_tokens": int(pooled.tokens)})
-        if pooled.bpb is not None:
-            out["eval_bpb"] = pooled.bpb
-        return out
+        """:func:`cptcore.eval.bpb.eval_metrics`: ``eval/NAME/{loss,perplexity,bpb,tokens}``
+        per set and the pooled ``eval_loss``/``eval_perplexity``/``eval_tokens``/``eval_bpb``."""
+        return eval_metrics(results)
 
     # ------------------------------------------------------------------ state I/O
     def save_checkpoint(self) -> Path:
         """``OUT/checkpoints/step-N`` (atomic, keep-last-K; every rank calls it)."""
         c = self.config.checkpointing
+        if self.ledger is not None:
+            self.state.ledger = self.ledger.state_dict()
         return save_checkpoint(self.out, self.state.step, self.strategy, self.model, self.optimizer, self.scheduler,
-                               self.state.to_dict(), self.config, c.keep_last, hf_model=self.hf_model)
+                               self.state.to_dict(), self.config, c.keep_last, hf_model=self.hf_model,
+                               protect=self.ledger.protected() if self.ledger is not None else ())
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimizer, scheduler, RNG, sampler position and counters.
@@ -394,6 +394,8 @@ class Trainer:
         saved = load_checkpoint(Path(path), self.strategy, self.model, self.optimizer, self.scheduler,
                                 new_data=self.config.checkpointing.new_data)
         self.state = TrainState.from_dict(saved)
+        if self.ledger is not None:
+            self.ledger.load_state_dict(self.state.ledger, f"{Path(path) / 'trainer_state.json'}")
         if self.sampler is not None:
             self.sampler.load_state_dict(saved["sampler"])
         if self.scheduler is not None and self.scheduler.last_epoch != self.state.step:
@@ -437,7 +439,7 @@ class Trainer:
         if rank() == 0:
             # resumed: drop what a killed run logged past the checkpoint; fresh (only reachable
             # with an old metrics.jsonl through --resume auto finding no checkpoint): drop all
-            truncate_jsonl(self.out / "logs" / "metrics.jsonl", self.state.step if resumed else 0)
+            truncate_jsonl(self.out / "logs" / "metrics.jsonl", self.state.step if resumed else -1)
             loggers = make_loggers(self.plan.loggers, self.out / "logs", self.config)
         progress = Progress(t.max_steps, self.state.step, self.config.logging.progress and rank() == 0)
         start_time, step_time = time.time(), 0.0  # step_time: steps only, no eval/checkpoint
@@ -446,6 +448,7 @@ class Trainer:
         eval_metrics: dict[str, Any] = {}
         stopped = None
         try:
+            eval_metrics = ledger_train.start(self, loggers)  # the step-0 baseline (not on resume)
             while self.state.step < t.max_steps:
                 step_start = time.time()
                 try:
@@ -468,15 +471,22 @@ class Trainer:
                 if epoch_end:
                     metrics["epoch_end"] = 1
                 metrics.update(self.sampler.tally.metrics() if hasattr(self.sampler, "tally") else {})
-                if self.due(t.eval_every):
+                verdict = None
+                if self.due(t.eval_every) and (self.eval_sets or self.mc_sets):
                     eval_metrics = self.evaluate()
                     metrics.update(eval_metrics)
-                if rank() == 0 and (self.due(max(1, self.config.logging.log_every)) or "eval_loss" in metrics):
+                    verdict = self.ledger.observe(self.state.step, eval_metrics)
+                    for line in verdict.warnings:
+                        log(line)
+                if rank() == 0 and (self.due(max(1, self.config.logging.log_every)) or verdict is not None):
                     for lg in loggers:
                         lg.log(metrics, self.state.step)
-                progress.update(self.state.step, progress_info(metrics))
-                if self.due(self.config.checkpointing.save_every):
+                progress.update(self.state.step, progress_info(metrics) + self.ledger.progress_text())
+                if self.due(self.config.checkpointing.save_every) or (verdict is not None and verdict.save):
                     self.save_checkpoint()
+                if verdict is not None and verdict.stop:  # eval.on_budget: stop
+                    stopped = verdict.stop
+                    break
         finally:
             progress.close()
             for lg in loggers:
@@ -507,9 +517,10 @@ class Trainer:
             "final_eval_loss": eval_metrics.get("eval_loss"),
             "final_eval_perplexity": eval_metrics.get("eval_perplexity"),
             "final_eval_bpb": eval_metrics.get("eval_bpb"),
-            "final_eval": {name: {k: eval_metrics[f"eval/{name}/{k}"] for k in ("loss", "perplexity", "bpb", "tokens")
-                                  if f"eval/{name}/{k}" in eval_metrics} for name in self.eval_sets},
+            "final_eval": {name: {k: eval_metrics[f"eval/{name}/{k}"] for k in ("loss", "perplexity", "bpb", "tokens",
+                                  "acc") if f"eval/{name}/{k}" in eval_metrics} for name in (*self.eval_sets, *self.mc_sets)},
             "world_size": self.plan.world_size, "strategy": self.strategy.name, "final_dir": str(final_dir),
+            "ledger": ledger_train.finish(self, rank()),
         }
         if rank() == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
