@@ -110,8 +110,11 @@ def test_pipeline_end_to_end_then_rerun_skips_everything(first_run, inputs, cpt_
     assert _files(out) == before
 
 
-def test_changed_option_reruns_that_step_and_downstream(first_run, inputs, cpt_cli):
-    out, _ = first_run
+def test_changed_option_reruns_that_step_and_downstream(first_run, inputs, cpt_cli, tmp_path):
+    import shutil
+
+    out = tmp_path / "a"  # a copy: the kill test compares against the untouched first run
+    shutil.copytree(first_run[0], out)
     recipe = _recipe(inputs, out, steps__prepare__seed=1, steps__prepare__shuffle_window=4)
     code, output = cpt_cli("pipeline", str(recipe), "--dry-run")
     assert code == 0, output
@@ -147,6 +150,7 @@ run_pipeline(load_recipe(sys.argv[1]), make_plugin_manager(entrypoints=False))
 """
 
 
+@pytest.mark.slow  # a subprocess killed with SIGKILL
 def test_rerun_after_kill_in_prepare_gives_the_same_outputs(first_run, inputs, tmp_path, cpt_cli):
     out_a, _ = first_run
     out_b = tmp_path / "b"

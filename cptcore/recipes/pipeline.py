@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import parse_set, read_yaml
+from ..config import read_yaml
 from ..errors import ConfigError
 
 STEPS = ("tokenizer", "expand", "resize", "prepare", "train", "export")
@@ -148,9 +148,17 @@ def merged_tree(recipe: str | Path | None, preset: str | None, sets: Sequence[st
         tree = _merge(tree, read_yaml(recipe))
         labels.append(str(recipe))
         base_dir = Path(recipe).resolve().parent
+    import yaml
+
     for item in sets:
-        key, value = parse_set(item)
-        _set_dotted(tree, key, value, f"--set {item}")
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected dotted.key=value (e.g. steps.prepare.max_length=512)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(tree, key.strip(), value, f"--set {item}")
     if sets:
         labels.append("--set")
     return tree, " + ".join(labels), base_dir
