@@ -90,6 +90,8 @@ def train_tree(recipe: Recipe, model: Path | None, resume: bool) -> dict[str, An
     ``training.out_dir`` ``OUT/steps/train/run``."""
     prep = recipe.steps["prepare"]
     tree = copy.deepcopy(recipe.steps["train"]["config"])
+    if tree.get("stages", ...) is None:  # `--set steps.train.config.stages=null`: one implicit stage
+        del tree["stages"]
     data = tree.setdefault("data", {})
     data.setdefault("train", [f"{PREPARED}{s}" for s in prep["sets"]])
     if prep["eval"]:
