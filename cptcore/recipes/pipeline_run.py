@@ -227,12 +227,19 @@ def _run_train(recipe: Recipe, folder: Path, pm: Any, resume: bool = False) -> d
     config_file.write_text(yaml.safe_dump(train_tree(recipe, trained_model(recipe), resume), sort_keys=False,
                                           allow_unicode=True), encoding="utf-8")
     summary = train(load_config(config_file), pm)
-    return {k: summary.get(k) for k in ("steps", "tokens_trained", "tokens_per_second", "final_loss", "final_dir",
-                                        "final_eval")}
+    result = {k: summary.get(k) for k in ("steps", "tokens_trained", "tokens_per_second", "final_loss", "final_dir",
+                                          "final_eval", "baseline_eval")}
+    if summary.get("stages"):  # the ledger across stages (cptcore.recipes.stage_run)
+        result["stages"] = [{k: e.get(k) for k in ("name", "steps", "tokens", "final_loss", "eval", "out")}
+                            for e in summary["stages"]]
+    if not result["tokens_per_second"] and summary.get("wall_time_s"):  # a staged run records wall time only
+        result["tokens_per_second"] = (summary.get("tokens_trained") or 0) / max(float(summary["wall_time_s"]), 1e-9)
+    return result
 
 
 def _run_export(recipe: Recipe, folder: Path, pm: Any) -> dict[str, Any]:
-    final = Path((read_record(step_dir(recipe, "train")) or {}).get("result", {}).get("final_dir") or "")
+    trained = (read_record(step_dir(recipe, "train")) or {}).get("result", {})
+    final = Path(trained.get("final_dir") or "")
     if not final.is_dir():
         raise ConfigError(f"{recipe.label}: steps.export: the train step recorded no final/ folder ({final})")
     target = folder / "model"
@@ -240,7 +247,8 @@ def _run_export(recipe: Recipe, folder: Path, pm: Any) -> dict[str, Any]:
         from ..train.checkpoint import list_checkpoints
         from ..train.export_cli import export_checkpoint
 
-        ckpts = list_checkpoints(final.parent)
+        stages = trained.get("stages") or []
+        ckpts = list_checkpoints(Path(stages[-1]["out"]) if stages else final.parent)  # the last stage's
         if not ckpts:
             raise ConfigError(f"{recipe.label}: steps.export.merge_lora: no checkpoint in {final.parent}")
         export_checkpoint(pm, ckpts[-1], target, merge_lora=True)
