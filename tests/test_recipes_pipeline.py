@@ -50,7 +50,9 @@ def _recipe(inputs: Path, out: Path, **changes) -> Path:
             "resize": {"init": "mean", "retain": "en.jsonl", "check_tokens": 64, "allow_unsafe": True},
             "prepare": {"max_length": 64, "sets": {"zh": ["zh.jsonl"], "en": ["en.jsonl"]},
                         "eval": {"zh_heldout": ["zh_heldout.jsonl"]}},
-            "train": {"config": {"training": {"max_steps": 2, "micro_batch_size": 2, "eval_every": 0},
+            "train": {"config": {"training": {"micro_batch_size": 2, "eval_every": 0},
+                                 "stages": [{"name": "align", "trainable": "new_rows", "budget": {"steps": 1}},
+                                            {"name": "all", "trainable": "all", "budget": {"tokens": 128}}],
                                  "data": {"train": ["prepared/zh:1", "prepared/en:0.5"]},
                                  "logging": {"loggers": ["jsonl"], "progress": False}}},
         },
@@ -99,6 +101,7 @@ def test_pipeline_end_to_end_then_rerun_skips_everything(first_run, inputs, cpt_
         assert record["step"] == step and len(record["hash"]) == 64
     train = json.loads((out / "steps" / "train" / ".cpt_step.json").read_text())
     assert train["result"]["steps"] == 2 and train["upstream"].keys() == {"resize", "prepare"}
+    assert [s["name"] for s in train["result"]["stages"]] == ["align", "all"]  # the ledger across stages
     # the expanded vocabulary reached the trained model, the original rows first
     cfg = json.loads((out / "steps" / "export" / "model" / "config.json").read_text())
     resize = json.loads((out / "steps" / "resize" / ".cpt_step.json").read_text())["result"]
@@ -122,7 +125,8 @@ def test_changed_option_reruns_that_step_and_downstream(first_run, inputs, cpt_c
     assert plan == {"tokenizer": "skip", "expand": "skip", "resize": "skip", "prepare": "RUN", "train": "RUN", "export": "RUN"}
     assert "option seed changed" in output and "upstream prepare changed" in output
     # the previous run measured tokens/s: 2 steps x 2 rows x 64 tokens, with a time estimate
-    assert "256 tokens (2 steps × 128 tokens)" in output and "tokens/s measured" in output
+    assert "stage align" in output and "128 tokens (1 steps × 128 tokens)" in output and "tokens/s measured" in output
+    assert "stage all" in output and "128 tokens (budget.tokens)" in output
     zh_before = _files(out / "steps" / "prepare" / "zh")
     tok_before = (out / "steps" / "tokenizer" / ".cpt_step.json").read_bytes()
     code, output = cpt_cli("pipeline", str(recipe))
