@@ -281,3 +281,18 @@ def test_counts_and_sizes():
     for bad in ("0", "2GiB", "MB", True):
         with pytest.raises(ConfigError, match="--max-shard-size"):
             parse_shard_size(bad)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["lora.use_dora=true"], "lora.use_dora=true does nothing without lora.enabled=true"),
+    (["lora.use_rslora=true"], "lora.use_rslora=true does nothing without lora.enabled=true"),
+    (["lora.enabled=true", "lora.r=0"], "lora.r must be an integer >= 1, got 0"),
+    (["lora.enabled=true", "lora.alpha=-1"], "lora.alpha must be a positive finite number, got -1.0"),
+    (["lora.enabled=true", "lora.dropout=1"], "lora.dropout must be in [0, 1), got 1.0"),
+])
+def test_lora_values_refused_before_the_model_loads(sets, message, env, tmp_path, cpt_cli):
+    """peft raised a ValueError traceback for r=0 after loading the model; use_dora /
+    use_rslora without lora.enabled were silently ignored."""
+    base = ["--model", str(env["model"]), "--data", str(env["train"]), "--out", str(tmp_path / "o")]
+    code, out = cpt_cli("train", *base, *[a for s in sets for a in ("--set", s)], "--dry-run")
+    assert code == 1 and f"error: {message}" in out, out
