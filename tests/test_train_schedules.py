@@ -234,7 +234,8 @@ def _check_sharded_export(out: Path, env: dict) -> None:
 # ------------------------------------------------------------------ run length and shard size: refusals
 @pytest.mark.parametrize("args, message", [
     (["--max-steps", "5", "--epochs", "1"], "training.max_steps (command line) and training.epochs (command line) "
-                                            "both set the run's length: keep one"),
+                                            "both set the run's length: keep one "
+                                            "(--set training.max_steps=null clears the first)"),
     (["--epochs", "1", "--set", "training.max_tokens=2M"], "training.epochs (command line) and training.max_tokens "
                                                            "(--set training.max_tokens=2M) both set"),
     (["--max-tokens", "2Q"], "training.max_tokens: expected a count such as 2000000, 2M or 1.5B, got '2Q'"),
