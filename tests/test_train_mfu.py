@@ -83,3 +83,26 @@ def test_peak_flops_config_is_checked(bad):
         check_peak_flops(bad)
     check_peak_flops(None)
     check_peak_flops(9.89e14)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_n_under_lora_train_embeddings_counts_each_matmul_once(tied):
+    """peft's ``modules_to_save`` (``lora.train_embeddings``) keeps a frozen
+    ``original_module`` beside each trainable copy; only the copies run in the forward, so
+    N = the base model's N + the adapters (the untied head was counted 2x, the embedding
+    table once, before)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cptcore.builtin_plugins.lora import add_lora
+    from cptcore.config import load_config
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(cfg)
+    base = count_n(model)
+    assert base == sum(p.numel() for p in model.parameters()) - (0 if tied else 1000 * 32)
+    lora = load_config(None, sets=["lora.enabled=true", "lora.train_embeddings=true", "lora.r=2"]).lora
+    peft_model = add_lora(model, lora)
+    adapters = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert adapters == 2 * 4 * 2 * (32 + 32) - 2 * 2 * 2 * (32 - 16)  # q,o: 2x(32+32); k,v: 2x(32+16); r=2, 2 layers
+    assert count_n(peft_model) == base + adapters

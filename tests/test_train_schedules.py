@@ -234,7 +234,8 @@ def _check_sharded_export(out: Path, env: dict) -> None:
 # ------------------------------------------------------------------ run length and shard size: refusals
 @pytest.mark.parametrize("args, message", [
     (["--max-steps", "5", "--epochs", "1"], "training.max_steps (command line) and training.epochs (command line) "
-                                            "both set the run's length: keep one"),
+                                            "both set the run's length: keep one "
+                                            "(--set training.max_steps=null clears the first)"),
     (["--epochs", "1", "--set", "training.max_tokens=2M"], "training.epochs (command line) and training.max_tokens "
                                                            "(--set training.max_tokens=2M) both set"),
     (["--max-tokens", "2Q"], "training.max_tokens: expected a count such as 2000000, 2M or 1.5B, got '2Q'"),
@@ -281,3 +282,18 @@ def test_counts_and_sizes():
     for bad in ("0", "2GiB", "MB", True):
         with pytest.raises(ConfigError, match="--max-shard-size"):
             parse_shard_size(bad)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["lora.use_dora=true"], "lora.use_dora=true does nothing without lora.enabled=true"),
+    (["lora.use_rslora=true"], "lora.use_rslora=true does nothing without lora.enabled=true"),
+    (["lora.enabled=true", "lora.r=0"], "lora.r must be an integer >= 1, got 0"),
+    (["lora.enabled=true", "lora.alpha=-1"], "lora.alpha must be a positive finite number, got -1.0"),
+    (["lora.enabled=true", "lora.dropout=1"], "lora.dropout must be in [0, 1), got 1.0"),
+])
+def test_lora_values_refused_before_the_model_loads(sets, message, env, tmp_path, cpt_cli):
+    """peft raised a ValueError traceback for r=0 after loading the model; use_dora /
+    use_rslora without lora.enabled were silently ignored."""
+    base = ["--model", str(env["model"]), "--data", str(env["train"]), "--out", str(tmp_path / "o")]
+    code, out = cpt_cli("train", *base, *[a for s in sets for a in ("--set", s)], "--dry-run")
+    assert code == 1 and f"error: {message}" in out, out

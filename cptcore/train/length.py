@@ -69,7 +69,8 @@ def check_length_keys(config: Any) -> str:
     if len(given) > 1:
         a, b = given[:2]
         raise ConfigError(f"training.{a} ({config.source(f'training.{a}')}) and training.{b} "
-                          f"({config.source(f'training.{b}')}) both set the run's length: keep one")
+                          f"({config.source(f'training.{b}')}) both set the run's length: keep one "
+                          f"(--set training.{a}=null clears the first)")
     if t.max_steps is not None and t.max_steps < 1:
         raise ConfigError(f"training.max_steps must be >= 1, got {t.max_steps}")
     if t.epochs is not None and not (t.epochs > 0 and math.isfinite(t.epochs)):

@@ -160,11 +160,18 @@ def head_is_embedding(model: Any) -> bool:
 
 def count_n(model: Any) -> int:
     """``N`` of a Hugging Face (or peft) causal LM: all distinct parameters, less the
-    input embedding table unless it is tied to the head (see the module docstring)."""
-    total = matmul_params(model.named_parameters())
-    if head_is_embedding(model):
-        return total
-    return total - model.get_input_embeddings().weight.numel()
+    input embedding table unless it is tied to the head (see the module docstring), and
+    less the frozen originals peft keeps beside its trainable copies
+    (``modules_to_save``, i.e. ``lora.train_embeddings``: ``*.original_module``, unused in
+    the forward) unless one of them is the head's weight."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    head_id = id(head.weight) if head is not None else None
+    drop = {id(p) for name, module in model.named_modules() if name.endswith("original_module")
+            for p in module.parameters()}
+    if not head_is_embedding(model):
+        drop.add(id(model.get_input_embeddings().weight))
+    drop.discard(head_id)
+    return matmul_params((n, p) for n, p in model.named_parameters() if id(p) not in drop)
 
 
 def attended_positions(position_ids_rows: Iterable[Any], lengths: Iterable[int] | None = None) -> int:

@@ -170,6 +170,7 @@ def check_numbers(config: RunConfig) -> None:
     parse_shard_size(t.max_shard_size, "training.max_shard_size")
     check_optimizer(config.optimizer)
     check_peak_flops(t.peak_flops)
+    check_lora(config.lora)
     if config.strategy.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"strategy.precision must be fp32, bf16 or fp16, got '{config.strategy.precision}'")
     # FA2 takes fp16/bf16 only: auto picks SDPA for fp32; a forced FA2 that cannot run is refused here
@@ -192,6 +193,29 @@ def check_optimizer(opt: Any) -> None:
     betas = list(opt.betas)
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas}")
+
+
+def check_lora(lora: Any) -> None:
+    """``lora.*`` values peft would reject only after the model is loaded (with a
+    traceback), and the switches that do nothing without ``lora.enabled``.
+
+    Raises:
+        ConfigError: ``use_dora``/``use_rslora`` true while ``enabled`` is false; with
+            ``enabled``: ``r`` not an integer >= 1, ``alpha`` not > 0 and finite,
+            ``dropout`` not in [0, 1).
+    """
+    if not lora.enabled:
+        on = [k for k in ("use_dora", "use_rslora") if getattr(lora, k)]
+        if on:
+            raise ConfigError(f"lora.{on[0]}=true does nothing without lora.enabled=true: set lora.enabled=true "
+                              f"or drop lora.{on[0]}")
+        return
+    if isinstance(lora.r, bool) or not isinstance(lora.r, int) or lora.r < 1:
+        raise ConfigError(f"lora.r must be an integer >= 1, got {lora.r!r}")
+    if not (lora.alpha > 0 and math.isfinite(lora.alpha)):
+        raise ConfigError(f"lora.alpha must be a positive finite number, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
 
 
 def check_peak_flops(value: Any) -> None:
