@@ -12,8 +12,9 @@ from pathlib import Path
 
 
 def shape(root: Path) -> dict:
-    longest, where, own, total, seen = 0, "", 0, 0, set()
+    longest, where, own, total = 0, "", 0, 0
     for path in sorted((root / "cptcore").rglob("*.py")):
+        seen = set()  # per file: ids of a freed tree's nodes are reused by the next file's
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue

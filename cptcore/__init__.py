@@ -7,12 +7,12 @@ Public API (importing it never imports torch, transformers or colossalai)::
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # before the imports: submodules import it at their top
+
 from .errors import ConfigError, CptError, DataError, PluginError, RegistryError
 from .hookspecs import PROJECT, hookimpl
 from .plugins import make_plugin_manager
 from .specs import Capabilities, ChatTemplate, LoggerSpec, NoiseSpec, ObjectiveSpec, PackerSpec, Segment, StrategySpec
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PROJECT",

@@ -79,6 +79,6 @@ def smollm2_hf_dir() -> Path:
     tokenizer), imported from the GGUF once and cached, through the same cache (and file
     lock) that ``cpt train --model FILE.gguf`` uses
     (:func:`cptcore.model.load.resolve_hf_folder`)."""
-    from .model.load import resolve_hf_folder
+    from .model.load import resolve_hf_folder  # lazy: cycle (model.load imports this module)
 
     return resolve_hf_folder(str(smollm2_gguf()))

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import PluginError
 from .plugins import file_sha256
+from .config import PluginsConfig
+from .train.checkpoint import resolve_resume
+from .train.integrity import check_tree
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .plugins import CptPluginManager
 
 
 def recorded_files(config_yaml: Path) -> list[dict[str, str]]:
@@ -32,7 +39,7 @@ def recorded_files(config_yaml: Path) -> list[dict[str, str]]:
     return [dict(f) for f in files if isinstance(f, dict)]
 
 
-def load_recorded(pm: Any, files: list[dict[str, str]], where: str) -> None:
+def load_recorded(pm: CptPluginManager, files: list[dict[str, str]], where: str) -> None:
     """Check each recorded file against its sha256 and register it in ``pm`` (files the
     command line already loaded are not imported twice, but are checked).
 
@@ -53,7 +60,7 @@ def load_recorded(pm: Any, files: list[dict[str, str]], where: str) -> None:
         pm.add_plugin_file(p)
 
 
-def require_loaded(pm: Any, files: list[dict[str, str]], where: str) -> None:
+def require_loaded(pm: CptPluginManager, files: list[dict[str, str]], where: str) -> None:
     """Check that each file ``where`` (a checkpoint's or ``OUT``'s ``config.yaml``)
     records is already loaded in ``pm`` (by ``--plugin`` or the user's ``--config``) with
     the recorded sha256. Imports and reads nothing: the paths come from a file.
@@ -77,7 +84,7 @@ def require_loaded(pm: Any, files: list[dict[str, str]], where: str) -> None:
                               f"now {now[:12]}...): restore it, or start a new run with another --out")
 
 
-def with_plugin_files(config: Any, pm: Any) -> Any:
+def with_plugin_files(config: RunConfig, pm: CptPluginManager) -> RunConfig:
     """Load the plugin files ``config`` records (``plugins.files``, e.g. from
     ``--config OUT/config.yaml``) and, when the run resumes, check those of the
     checkpoint it resumes from (:func:`require_loaded`: never imported from there);
@@ -87,14 +94,10 @@ def with_plugin_files(config: Any, pm: Any) -> Any:
         PluginError: a recorded file is missing or changed (see :func:`load_recorded`),
             or one the checkpoint records was not given with ``--plugin``.
     """
-    from .config import PluginsConfig
-    from .train.checkpoint import resolve_resume
-
     load_recorded(pm, list(config.plugins.files), "plugins.files")
     resume = resolve_resume(config.checkpointing.resume, config.training.out_dir)
     if resume is not None:
         if Path(resume).is_dir():  # no symlink out of the checkpoint before reading its config.yaml
-            from .train.integrity import check_tree
 
             check_tree(resume)
         for source in (Path(resume) / "config.yaml", Path(config.training.out_dir) / "config.yaml"):

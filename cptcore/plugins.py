@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import builtin_plugins, hookspecs
+from . import __version__, builtin_plugins, hookspecs
 from .errors import PluginError
 from .registries import build_registry
 
@@ -209,8 +209,6 @@ def make_plugin_manager(
 
 
 def _cptcore_version() -> str:
-    from . import __version__
-
     return f"cptcore {__version__}"
 
 

@@ -34,9 +34,23 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ConfigError, CptError
+from .assets import bundled, smollm2_hf_dir
+from .config import ModelConfig, load_config
+from .data.pipeline import PrepareArgs, prepare
+from .data.stats import print_summary
+from .model.load import load_model
+from .plugins import make_plugin_manager
+from .report import write_report
+from .train.data import eval_batches, read_manifest_any
+from .train.export_cli import generate
+from .train.loop import train
+from .train.strategy import count_label_tokens, token_loss_sum
+
+if TYPE_CHECKING:
+    from .plugins import CptPluginManager
 
 MARKER = ".cpt-quickstart"
 PROMPT = "中华人民共和国劳动法\n第一条"
@@ -123,11 +137,6 @@ def heldout_perplexity(model_dir: str | Path, data_dir: str | Path, micro_batch_
     """
     import torch
 
-    from .config import ModelConfig
-    from .model.load import load_model
-    from .train.data import eval_batches, read_manifest_any
-    from .train.strategy import count_label_tokens, token_loss_sum
-
     model = load_model(ModelConfig(path=str(model_dir)), log=lambda _msg: None)
     model.eval()
     pad_id = read_manifest_any(Path(data_dir)).get("pad_id")
@@ -174,7 +183,7 @@ def _quiet_third_party() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[str], None] | None = None) -> QuickstartResult:
+def run_quickstart(options: QuickstartOptions, pm: CptPluginManager | None = None, say: Callable[[str], None] | None = None) -> QuickstartResult:
     """Run the whole quickstart (see the module docstring); returns its figures, also
     written to ``OUT/quickstart.json``.
 
@@ -186,15 +195,6 @@ def run_quickstart(options: QuickstartOptions, pm: Any = None, say: Callable[[st
     Raises:
         CptError subclasses from any step (no PyPI access, bad options, ...).
     """
-    from .assets import bundled, smollm2_hf_dir
-    from .config import load_config
-    from .data.pipeline import PrepareArgs, prepare
-    from .data.stats import print_summary
-    from .plugins import make_plugin_manager
-    from .report import write_report
-    from .train.export_cli import generate
-    from .train.loop import train
-
     _check(options)
     _quiet_third_party()
     if say is None:

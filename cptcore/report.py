@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, DataError
+from .eval.ledger import build_ledger, ledger_markdown, read_budget
+from .eval.ledger_plots import plot_sets, plot_tradeoff
 
 METRICS_RELPATH = Path("logs") / "metrics.jsonl"
 REPORT_DIRNAME = "report"
@@ -317,9 +319,6 @@ def write_report(run_dir: str | Path, *, baseline_perplexity: float | None = Non
     ledger, eval_png, trade_png = run_ledger(run), None, None
     text = summary_markdown(summary, run)
     if ledger is not None:
-        from .eval.ledger import ledger_markdown
-        from .eval.ledger_plots import plot_sets, plot_tradeoff
-
         eval_png = plot_sets([ledger], out / "eval_sets.png")
         trade_png = plot_tradeoff([ledger], out / "tradeoff.png")
         text += "\n" + ledger_markdown([ledger]) + "\n![bpb per eval set](eval_sets.png)\n"
@@ -337,8 +336,6 @@ def run_ledger(run_dir: str | Path) -> Any:
     Raises:
         DataError: missing or malformed metrics file.
     """
-    from .eval.ledger import build_ledger, read_budget
-
     run = Path(run_dir)
     budget, on_budget = read_budget(run)
     return build_ledger(read_metrics(run / METRICS_RELPATH), budget, on_budget, run=run.name or str(run))
@@ -352,9 +349,6 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Pat
     Raises:
         DataError: a run folder or its metrics file is missing or malformed.
     """
-    from .eval.ledger import ledger_markdown
-    from .eval.ledger_plots import plot_sets, plot_tradeoff
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = [Path(r) for r in run_dirs]

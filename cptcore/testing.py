@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from .plugins import CptPluginManager, make_plugin_manager
+from .cli import make_app
 
 
 class _FakeEntryPoint:
@@ -61,8 +62,6 @@ def cpt_pm() -> CptPluginManager:
 @pytest.fixture
 def cpt_cli(cpt_pm: CptPluginManager) -> Callable[..., tuple[int, str]]:
     from typer.testing import CliRunner
-
-    from .cli import make_app
 
     def invoke(*args: str, pm: CptPluginManager | None = None, env: Mapping[str, str] | None = None) -> tuple[int, str]:
         app = make_app(pm or cpt_pm)

@@ -353,8 +353,30 @@ TORCH_FREE = [
     "cptcore.builtin_plugins.strategy_gemini", "cptcore.builtin_plugins.strategy_hybrid3d",
     "cptcore.builtin_plugins.strategy_fsdp", "cptcore.builtin_plugins.loggers",
     "cptcore.builtin_plugins.noise_neftune", "cptcore.builtin_plugins.objective_causal_lm",
+    # each imports cptcore's own modules at its top (issue 10): imported first, alone, to catch a cycle too
+    "cptcore.quickstart", "cptcore.report", "cptcore.plugin_files", "cptcore.assets", "cptcore.model.load",
+    "cptcore.model.resize", "cptcore.data.pipeline", "cptcore.data.workers", "cptcore.tokenizer.advise",
+    "cptcore.recipes.stages", "cptcore.recipes.trainable", "cptcore.train.resume_check", "cptcore.cli.eval",
 ]
+#: the modules that import torch at their top (everything else in cptcore must not)
+TORCH_AT_TOP = {"cptcore.train.losses", "cptcore.train.trainer"}
 HEAVY = ("torch", "transformers", "colossalai", "peft", "datasets", "mlflow")
+
+
+def test_every_other_module_stays_torch_free():
+    """All of cptcore but TORCH_AT_TOP, imported in one process, pulls none of HEAVY."""
+    code = textwrap.dedent(f"""
+        import importlib, pkgutil, sys, cptcore
+        names = sorted(m.name for m in pkgutil.walk_packages(cptcore.__path__, "cptcore."))
+        for name in names:
+            if name not in {TORCH_AT_TOP!r}:
+                importlib.import_module(name)
+        print(len(names), [m for m in {HEAVY!r} if m in sys.modules])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    count, heavy = proc.stdout.strip().split(" ", 1)
+    assert int(count) > 100 and heavy == "[]", proc.stdout
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from ..cli.clean import add_clean_command
 
 
 @hookimpl
 def cpt_register_commands(app, pm):
-    from ..cli.clean import add_clean_command
-
     add_clean_command(app, pm)

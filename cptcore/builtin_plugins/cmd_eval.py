@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from ..cli.eval import register
 
 
 @hookimpl
 def cpt_register_commands(app, pm):
-    from ..cli.eval import register
-
     register(app)

@@ -1,55 +1,42 @@
 """Built-in ``cpt clean`` filters: language, decontaminate, quality, repetition (document
-stage) and exact, near (dedup stage). Modules are imported inside ``make``."""
+stage) and exact, near (dedup stage)."""
 
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
 from ..specs import FilterSpec
+from ..clean.decontam import Decontaminate, DecontaminateOptions
+from ..clean.dedup import ExactDedup, NearDedup, NearOptions
+from ..clean.langid import LanguageFilter, LanguageOptions
+from ..clean.quality import GopherQuality, GopherRepetition, QualityOptions, RepetitionOptions
 
 
 def _exact(options, context):
-    from ..clean.dedup import ExactDedup
-
     return ExactDedup(context.scratch, context.index_cache_mb)
 
 
 def _near(options, context):
-    from ..clean.dedup import NearDedup
-
     return NearDedup(options, context.seed, context.scratch, context.index_cache_mb)
 
 
 def _quality(options, context):
-    from ..clean.quality import GopherQuality
-
     return GopherQuality(options)
 
 
 def _repetition(options, context):
-    from ..clean.quality import GopherRepetition
-
     return GopherRepetition(options)
 
 
 def _language(options, context):
-    from ..clean.langid import LanguageFilter
-
     return LanguageFilter(options)
 
 
 def _decontaminate(options, context):
-    from ..clean.decontam import Decontaminate
-
     return Decontaminate(options)
 
 
 @hookimpl
 def cpt_register_filters():
-    from ..clean.decontam import DecontaminateOptions
-    from ..clean.dedup import NearOptions
-    from ..clean.langid import LanguageOptions
-    from ..clean.quality import QualityOptions, RepetitionOptions
-
     return [
         FilterSpec(name="language", make=_language, options=LanguageOptions,
                    description="keep documents whose most likely language (lingua) is one of --language"),

@@ -9,6 +9,7 @@ merged, in ``OUT/final/``; ``PeftModel.from_pretrained(base, folder)`` loads the
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from ..errors import ConfigError
 
 
 def add_lora(model, lora_cfg):
@@ -24,8 +25,6 @@ def add_lora(model, lora_cfg):
         ConfigError: a target module name matches nothing in the model.
     """
     from peft import LoraConfig, get_peft_model
-
-    from ..errors import ConfigError
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in lora_cfg.target_modules if t not in names]

@@ -32,14 +32,14 @@ def chunk_tokens(options: CausalLMOptions | None) -> int:
 def causal_lm_loss(logits: Any, batch: Mapping[str, Any], options: CausalLMOptions | None) -> tuple[Any, int]:
     """``(sum of cross-entropy over label tokens, their count)``; ``logits``
     ``[B, S, V]``, ``batch["labels"]`` ``[B, S]`` int64 (-100 = no loss)."""
-    from ..train.losses import count_label_tokens, token_loss_sum  # torch: only when training
+    from ..train.losses import count_label_tokens, token_loss_sum  # lazy: pulls torch (only when training)
 
     return token_loss_sum(logits, batch["labels"], chunk_tokens(options)), count_label_tokens(batch["labels"])
 
 
 def count_tokens(batch: Mapping[str, Any]) -> int:
     """Label tokens after the causal shift (what :func:`causal_lm_loss` sums over)."""
-    from ..train.losses import count_label_tokens
+    from ..train.losses import count_label_tokens  # lazy: pulls torch
 
     return count_label_tokens(batch["labels"])
 

@@ -4,47 +4,29 @@ from __future__ import annotations
 
 from ..hookspecs import hookimpl
 from ..specs import PackerSpec
-
-
-def _splice(max_length, pad_id, options):
-    from ..data.packing import SplicePacker
-
-    return SplicePacker(max_length, pad_id, options)
-
-
-def _greedy(max_length, pad_id, options):
-    from ..data.packing import GreedyPacker
-
-    return GreedyPacker(max_length, pad_id, options)
-
-
-def _bfd(max_length, pad_id, options):
-    from ..data.packing import BfdPacker
-
-    return BfdPacker(max_length, pad_id, options)
+from ..data.packing import BfdPacker, GreedyPacker, SplicePacker
+from ..data.packing_options import BfdOptions, SpliceOptions, WholeDocOptions
 
 
 @hookimpl
 def cpt_register_packers():
-    from ..data.packing_options import BfdOptions, SpliceOptions, WholeDocOptions
-
     return [
         PackerSpec(
             name="splice",
-            make=_splice,
+            make=SplicePacker,
             description="concatenate documents, cut every max_length tokens; nothing dropped (pretraining)",
             splits_documents=True,
             options=SpliceOptions,
         ),
         PackerSpec(
             name="greedy",
-            make=_greedy,
+            make=GreedyPacker,
             description="whole documents added in order until the next does not fit (the seed's)",
             options=WholeDocOptions,
         ),
         PackerSpec(
             name="bfd",
-            make=_bfd,
+            make=BfdPacker,
             description="best-fit decreasing bin packing of whole documents (SFT)",
             options=BfdOptions,
         ),

@@ -12,6 +12,8 @@ import typer.core
 from ..errors import CptError
 from ..plugins import make_plugin_manager
 from .listing import add_listing_commands
+from .. import __version__
+from ..train.lifetime import write_error_file
 
 if TYPE_CHECKING:
     from ..plugins import CptPluginManager
@@ -39,8 +41,6 @@ def print_error(exc: BaseException) -> None:
     """Print ``error: <message>`` (one line, by the first rank of every node) and the
     ``CPT_DEBUG`` hint; under torchrun every rank also records the message for its
     launcher (:func:`cptcore.train.lifetime.write_error_file`)."""
-    from ..train.lifetime import write_error_file
-
     message = " ".join(str(exc).split("\n")) or type(exc).__name__
     printing = is_local_rank_zero()
     write_error_file(message, printed=printing)
@@ -80,8 +80,6 @@ class _CptGroup(typer.core.TyperGroup):
 
 def _version_callback(value: bool) -> None:
     if value:
-        from .. import __version__
-
         typer.echo(f"cptcore {__version__}")
         raise typer.Exit()
 

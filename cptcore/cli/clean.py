@@ -7,6 +7,9 @@ from typing import Any, List, Optional
 import typer
 
 from ..errors import ConfigError
+from ..clean.pipeline import CleanArgs, clean
+from ..config import parse_set
+from .prepare import _command
 
 
 def _filter_options(items: list[str] | None, known: set[str]) -> dict[str, dict]:
@@ -15,8 +18,6 @@ def _filter_options(items: list[str] | None, known: set[str]) -> dict[str, dict]
     Raises:
         ConfigError: an item without ``FILTER.``.
     """
-    from ..config import parse_set
-
     out: dict[str, dict] = {}
     for item in items or []:
         key, value = parse_set(item)
@@ -51,8 +52,6 @@ def add_clean_command(app: typer.Typer, pm: Any) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     ) -> None:
         """Remove exact and near duplicates, other languages, low-quality and contaminated documents; write cleaned shards, stats.json and card.md."""
-        from ..clean.pipeline import CleanArgs, clean
-        from .prepare import _command
 
         known = {e.spec.name for e in pm.registry("filters")}
         args = CleanArgs(

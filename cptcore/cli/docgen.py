@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 import sys
 from typing import Any, Iterator
+from ..plugins import make_plugin_manager
+from .app import make_app
 
 HEADER = """\
 # CLI reference
@@ -33,9 +35,6 @@ line `error: ...` and exit with status 1; set `CPT_DEBUG=1` to see the traceback
 def root_command(pm: Any = None) -> Any:
     """The click command of the ``cpt`` app for ``pm`` (default: built-ins only)."""
     import typer
-
-    from ..plugins import make_plugin_manager
-    from .app import make_app
 
     if pm is None:
         pm = make_plugin_manager(entrypoints=False)

@@ -13,6 +13,11 @@ import typer
 from ..errors import ConfigError
 from ..eval.sets import parse_named
 from ..model.outdir import prepare_out_file
+from ..config import ModelConfig
+from ..data.tokenize import choose_pad_id, load_tokenizer
+from ..eval.mc import evaluate_mc, read_items
+from ..eval.text import encode_documents, full_text_prefix, read_texts, score_documents, windows, with_prefix
+from ..model.load import check_model_path, load_model, resolve_hf_folder
 
 
 def _named(values: List[str] | None, flag: str) -> dict[str, str]:
@@ -34,11 +39,6 @@ def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_d
         ConfigError: no model or no set, a dev file for an unknown --mc set, bad numbers;
         DataError: bad input file (``FILE:LINE``).
     """
-    from ..config import ModelConfig
-    from ..eval.mc import evaluate_mc, read_items
-    from ..eval.text import encode_documents, full_text_prefix, read_texts, score_documents, windows, with_prefix
-    from ..model.load import check_model_path, load_model, resolve_hf_folder
-
     log = log or (lambda msg: print(f"cpt eval: {msg}", file=sys.stderr, flush=True))
     if not models:
         raise ConfigError("give at least one --model")
@@ -64,7 +64,6 @@ def run_eval(models: List[str], texts: dict[str, str], mcs: dict[str, str], mc_d
         folder = str(resolve_hf_folder(m))
         model = load_model(ModelConfig(path=m, dtype=dtype), log=lambda msg: None)
         model.eval()
-        from ..data.tokenize import choose_pad_id, load_tokenizer
 
         tok = load_tokenizer(folder)
         res: dict = {"path": m, "vocab_size": len(tok), "text": {}, "mc": {}}

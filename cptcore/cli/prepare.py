@@ -10,6 +10,8 @@ import typer
 
 from ..config import parse_set
 from ..errors import ConfigError
+from ..data.pipeline import PrepareArgs, prepare
+from ..data.stats import print_summary
 
 
 def _options(items: list[str] | None, section: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -76,8 +78,6 @@ def make_prepare_app(pm: Any) -> typer.Typer:
         ray_address: Optional[str] = RAY_ADDRESS,
     ) -> None:
         """Tokenize documents and pack them into rows of --max-length tokens."""
-        from ..data.pipeline import PrepareArgs, prepare
-        from ..data.stats import print_summary
 
         args = PrepareArgs(
             kind="pretrain", tokenizer=tokenizer, inputs=tuple(input), out=out, max_length=max_length,
@@ -109,8 +109,6 @@ def make_prepare_app(pm: Any) -> typer.Typer:
         ray_address: Optional[str] = RAY_ADDRESS,
     ) -> None:
         """Render conversations with a chat template; loss on assistant turns only."""
-        from ..data.pipeline import PrepareArgs, prepare
-        from ..data.stats import print_summary
 
         args = PrepareArgs(
             kind="sft", tokenizer=tokenizer, inputs=tuple(input), out=out, max_length=max_length,

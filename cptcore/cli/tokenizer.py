@@ -10,6 +10,9 @@ import typer
 from ..tokenizer.expand import REPORT_NAME, expand_tokenizer
 from ..tokenizer.report import print_report
 from ..tokenizer.train import TrainOptions, train_sentencepiece
+from ..model.outdir import prepare_out_file
+from ..tokenizer.advise import advise, parse_named, parse_sizes
+from ..tokenizer.advise_report import plot_advise, print_advise
 
 
 def train_command(
@@ -88,11 +91,6 @@ def advise_command(
 ) -> None:
     """Measure compression, retained-text changes, memory and cost per candidate vocabulary size; recommend one."""
     import json
-
-    from ..model.outdir import prepare_out_file
-    from ..tokenizer.advise import advise, parse_named, parse_sizes
-    from ..tokenizer.advise_report import plot_advise, print_advise
-    from ..tokenizer.train import TrainOptions
 
     corpora, retained, size_list = parse_named(corpus, "--corpus"), parse_named(retain, "--retain"), parse_sizes(sizes)
     if plot is None and json_out is not None:

@@ -10,6 +10,15 @@ import typer
 
 from ..errors import ConfigError
 from .app import is_rank_zero
+from ..config import load_config
+from ..plugin_files import with_plugin_files
+from ..train.dryrun import dry_run as run_dry
+from ..train.export_cli import export_checkpoint, generate
+from ..train.launch import in_launched_process, launch
+from ..train.lifetime import tie_to_launcher
+from ..train.loop import precheck, train
+from ..train.runlock import probe
+from ..units import parse_shard_size
 
 if TYPE_CHECKING:
     from ..plugins import CptPluginManager
@@ -73,9 +82,6 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="Run every check the run makes, print the plan, layout, parameter counts and memory estimate; do not train."),
     ) -> None:
         """Train (continual pretraining or SFT) on prepared data; export to OUT/final."""
-        from ..config import load_config
-        from ..train.launch import in_launched_process, launch
-        from ..train.lifetime import tie_to_launcher
 
         tie_to_launcher()  # a rank started by torchrun dies with its launcher
         if nproc_per_node is None and nnodes == 1 and (node_rank or master_addr or master_port):
@@ -87,22 +93,16 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
             resume=resume, freeze=freeze, objective=objective, peak_flops=peak_flops,
         )
         cfg = load_config(config, overrides=overrides, sets=set_ or [])
-        from ..plugin_files import with_plugin_files
 
         cfg = with_plugin_files(cfg, pm)  # record --plugin files; load a resumed run's
         if dry_run:
-            from ..train.dryrun import dry_run as run_dry
-
             run_dry(cfg, pm, nproc_per_node, nnodes, echo=typer.echo)
             return
         launching = (nproc_per_node is not None or nnodes > 1) and not in_launched_process()
         if launching:
-            from ..train.loop import precheck
-
             def check_first() -> None:  # fail fast, before any process starts
                 precheck(cfg, pm, (nproc_per_node or 1) * nnodes)
                 if node_rank == 0:  # another run holding OUT: one line now, not from rank 0 later
-                    from ..train.runlock import probe
 
                     probe(cfg.training.out_dir)
 
@@ -119,7 +119,6 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
             if code:
                 raise typer.Exit(code)
             return
-        from ..train.loop import train
 
         summary = train(cfg, pm)
         if is_rank_zero():  # the rank that exports OUT/final (train.loop: "rank 0 writes")
@@ -136,9 +135,6 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Safetensors shard size (HF syntax: 500MB, 2GB; default: the checkpoint config's training.max_shard_size)."),
     ) -> None:
         """Export any checkpoint as a Hugging Face folder (LoRA: adapter, or merged)."""
-        from ..train.export_cli import export_checkpoint
-        from ..units import parse_shard_size
-
         if max_shard_size is not None:
             parse_shard_size(max_shard_size)  # one line before the checkpoint is read
         path = export_checkpoint(pm, checkpoint, out, merge_lora=merge_lora, model=model, tokenizer=tokenizer,
@@ -155,7 +151,6 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     ) -> None:
         """Generate a continuation of each prompt, for a smoke look at a model or a checkpoint."""
-        from ..train.export_cli import generate
 
         for text in generate(model, prompt, max_new_tokens, temperature, top_p, seed, pm=pm):
             typer.echo(text)

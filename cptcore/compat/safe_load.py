@@ -23,6 +23,7 @@ import inspect
 from typing import Any, Callable
 
 from ._patch import Patch, apply_patches
+from ..train.integrity import inside
 
 
 class WeightsOnlyTorch:
@@ -106,8 +107,6 @@ def _fill_index_names() -> None:
     # checkpoint_io/index_file.py:58-63 CheckpointIndexFile.load keeps weight_map values and
     # metadata["param_groups"] as read; index_file.py:125,170 and
     # hybrid_parallel_checkpoint_io.py:414,723 join them to the folder unchecked.
-    from ..train.integrity import inside
-
     cls = _index_class()
     original = cls.load
 

@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Callable
 
 from ..errors import ConfigError, CptError
+from .workers import Executor
 
 def make_executor(pm: Any, name: str, num_proc: int, fn: Callable, args: tuple, address: str | None = None) -> Any:
     """The executor ``name`` (registry ``executors``) running ``fn(*args, items)``.
@@ -42,7 +43,6 @@ def make_local(num_proc: int, fn: Callable, args: tuple, address: str | None = N
     """:class:`cptcore.data.workers.Executor` (a thread, or a fork pool of ``num_proc``)."""
     if address:
         raise ConfigError("--ray-address needs --executor ray")
-    from .workers import Executor
 
     return Executor(num_proc, fn, args)
 

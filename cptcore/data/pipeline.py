@@ -23,6 +23,9 @@ from .sft import POLICY_SKIPS, check_template_tokens
 from .stats import InputStats, Progress, RowStats, reason_key
 from .executors import check_executor, make_executor
 from .workers import ChunkStream, pretrain_chunk, sft_chunk
+from .. import __version__
+from .tokenize import load_tokenizer, special_tokens
+from .writer import ShardWriter
 
 LONG_DOC = ("split", "truncate", "skip")
 
@@ -159,8 +162,6 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
         ConfigError: bad option, unknown packer/template, output folder not empty.
         DataError: bad input with ``on_error="stop"`` (``file:line: problem``).
     """
-    from .tokenize import load_tokenizer, special_tokens
-
     _validate(args)
     check_executor(pm, args.executor, args.ray_address)
     t0 = time.perf_counter()
@@ -201,7 +202,6 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
     total_bytes = sum(os.path.getsize(p) for s in specs for p in readers.expand(s))
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
-    from .writer import ShardWriter
 
     writer = ShardWriter(out)
     rows_stats = RowStats()
@@ -298,8 +298,6 @@ def prepare(pm: Any, args: PrepareArgs) -> dict[str, Any]:
 
 def _manifest(args, tok, sp, pspec, popts, tspec, topts, weights, stats, rows_stats, num_shards, seconds) -> dict[str, Any]:
     """The manifest dict (schema in docs/data.md and :mod:`cptcore.data.manifest`)."""
-    from .. import __version__
-
     tok_path = str(args.tokenizer)
     total_packed = sum(s.tokens_packed for s in stats)
     wsum = sum(weights) if weights else None

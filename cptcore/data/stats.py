@@ -6,6 +6,7 @@ import collections
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+from .token_bytes import row_label_bytes
 
 
 def reason_key(reason: str) -> str:
@@ -86,8 +87,6 @@ class RowStats:
     label_bytes: int | None = 0  # None once a row without bytes per token was seen
 
     def add(self, rows: Sequence[Any]) -> None:
-        from .token_bytes import row_label_bytes
-
         for r in rows:
             nb = getattr(r, "nbytes", None)
             if nb is None or self.label_bytes is None:

@@ -34,6 +34,7 @@ import re
 from typing import Any
 
 import numpy as np
+from .tokenize import load_tokenizer
 
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
@@ -88,8 +89,6 @@ def byte_table(tokenizer: Any) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def byte_table_for(tokenizer_path: str) -> np.ndarray:
     """:func:`byte_table` of the tokenizer folder at ``tokenizer_path`` (cached per process)."""
-    from .tokenize import load_tokenizer
-
     return byte_table(load_tokenizer(tokenizer_path))
 
 

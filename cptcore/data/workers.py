@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .readers import Record
+from .sft import SkipSample, encode_conversation_counted, normalise
+from .token_bytes import byte_table_for, lookup, token_bytes
+from .tokenize import encode_source_target, load_tokenizer
 
 
 @dataclass
@@ -43,9 +46,6 @@ def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 def pretrain_chunk(tokenize_fn: Callable, tokenizer_path: str, add_bos, add_eos, items: list) -> ChunkResult:
     """``items``: ``(kind, payload)`` with kind ``"text"`` (payload str), ``"pair"``
     (payload ``(source, target)``) or ``"error"`` (payload the reason)."""
-    from .token_bytes import byte_table_for, token_bytes
-    from .tokenize import encode_source_target
-
     table = byte_table_for(tokenizer_path)
     texts = [p for k, p in items if k == "text"]
     pairs = [p for k, p in items if k == "pair"]
@@ -82,10 +82,6 @@ def pretrain_chunk(tokenize_fn: Callable, tokenizer_path: str, add_bos, add_eos,
 def sft_chunk(tokenizer_path: str, template: Any, options: Any, max_length: int, items: list) -> ChunkResult:
     """``items``: ``("obj", row)`` or ``("error", reason)``; renders and tokenizes each
     conversation (:func:`cptcore.data.sft.encode_conversation`)."""
-    from .sft import SkipSample, encode_conversation_counted, normalise
-    from .token_bytes import byte_table_for, lookup
-    from .tokenize import load_tokenizer
-
     tok = load_tokenizer(tokenizer_path)
     table = byte_table_for(tokenizer_path)
     ids_list, lab_list, reasons, cut = [], [], [], []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .token_bytes import row_label_bytes
 
 COLUMNS = ("input_ids", "labels", "position_ids")
 #: int64 per row: UTF-8 bytes of the tokens that carry loss (-1: unknown), see
@@ -34,8 +35,6 @@ def features():
 def label_bytes_of(row) -> int:
     """The ``label_bytes`` value of a :class:`~cptcore.data.packing.Row` (-1 when the row
     has no bytes per token)."""
-    from .token_bytes import row_label_bytes
-
     nb = getattr(row, "nbytes", None)
     return -1 if nb is None else row_label_bytes(row.labels, nb)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import CptError
 from .outdir import prepare_out_dir
+from ..tokenizer.hf_folder import drop_default_prefix_space
 
 _TOKEN_TYPE_CONTROL = 3
 _TOKEN_TYPE_USER_DEFINED = 4
@@ -193,8 +194,6 @@ def write_tokenizer(gguf_path: str | Path, out_dir: str | Path, meta: dict[str, 
         GPT2TokenizerFast(tokenizer_object=fast, add_prefix_space=add_prefix_space, **kwargs).save_pretrained(out)
     else:
         from transformers import LlamaTokenizer
-
-        from ..tokenizer.hf_folder import drop_default_prefix_space
 
         model_file = out / "tokenizer.model"
         model_file.write_bytes(_sentencepiece_proto(tok_dict, meta))

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, CptError
+from ..assets import cache_dir
+from ..train.integrity import inside
+from .gguf import import_gguf
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -45,8 +48,6 @@ def check_model_files(folder: str | Path) -> Path:
     """
     import json
 
-    from ..train.integrity import inside
-
     folder = Path(folder)
     for index in sorted(folder.glob("*.index.json")):
         try:
@@ -65,8 +66,6 @@ def resolve_hf_folder(path: str) -> Path:
     p = check_model_path(path)
     if p.is_dir():
         return p
-    from ..assets import cache_dir
-    from .gguf import import_gguf
 
     st = p.stat()
     key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]

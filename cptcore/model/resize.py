@@ -40,11 +40,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CptError
 from .embedding_init import InitRequest, ResizePlan, mean_rows  # noqa: F401 (mean_rows re-exported)
 from .outdir import prepare_out_dir
+from ..config import parse_options
+from ..plugins import make_plugin_manager
+from .resize_check import CheckOptions, REPORT_NAME, measure_after, measure_before, refuse_if_unsafe
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
 
 DEFAULT_INIT = "mean"
 
@@ -99,15 +105,13 @@ def plan_mean_init(old_tok: Any, new_tok: Any) -> ResizePlan:
     return ResizePlan(old_n, new_n, sub_ids, owner)
 
 
-def init_spec(name: str, pm: Any = None):
+def init_spec(name: str, pm: CptPluginManager | None = None):
     """The :class:`~cptcore.specs.EmbeddingInitSpec` called ``name``.
 
     Raises:
         RegistryError: unknown name (with the known names and a did-you-mean).
     """
     if pm is None:
-        from ..plugins import make_plugin_manager
-
         pm = make_plugin_manager()
     return pm.registry("embedding_inits").get(name)
 
@@ -119,8 +123,6 @@ def parse_init_options(spec: Any, values: dict[str, Any] | None) -> Any:
         ConfigError: unknown option or wrong type (``parse_options``'s message).
         CptError: a value the options class rejects.
     """
-    from ..config import parse_options
-
     try:
         return parse_options(spec.options, values or {}, owner=f"embedding init '{spec.name}'")
     except ValueError as exc:  # the options class's own validation
@@ -134,7 +136,7 @@ def resize_embeddings(
     init: str = DEFAULT_INIT,
     seed: int = 0,
     init_options: dict[str, Any] | None = None,
-    pm: Any = None,
+    pm: CptPluginManager | None = None,
 ) -> dict[str, Any]:
     """Resize ``model``'s input/output embeddings in place to ``len(new_tok)`` rows; rows
     ``len(old_tok)..`` are set by the init method ``init`` (a registry name), the old
@@ -206,7 +208,7 @@ def resize_model_folder(
     seed: int = 0,
     init_options: dict[str, Any] | None = None,
     check: Any = None,
-    pm: Any = None,
+    pm: CptPluginManager | None = None,
 ) -> dict[str, Any]:
     """Load the model in ``model_dir`` (its dtype kept), resize it to the tokenizer in
     ``tokenizer_dir``, run the safety check (:mod:`.resize_check`, options ``check``, a
@@ -227,8 +229,6 @@ def resize_model_folder(
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .resize_check import REPORT_NAME, CheckOptions, measure_after, measure_before, refuse_if_unsafe
 
     check = check or CheckOptions()
     mdir, tdir = Path(model_dir), Path(tokenizer_dir)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, CptError, DataError
+from ..assets import bundled
+from ..tokenizer.report import read_eval_texts
 
 REPORT_NAME = "resize_report.json"
 DEFAULT_MAX_KL = 0.1
@@ -126,8 +128,6 @@ def domain_nll(model: Any, tok: Any, texts: list[str]) -> tuple[float, int, int]
 
 
 def _read(path: str | Path) -> list[str]:
-    from ..tokenizer.report import read_eval_texts
-
     return read_eval_texts(path)
 
 
@@ -149,8 +149,6 @@ def measure_before(model: Any, old_tok: Any, options: CheckOptions) -> Before:
     Raises:
         DataError: unreadable retained or domain file.
     """
-    from ..assets import bundled
-
     model.eval()
     retain = options.retain if options.retain is not None else bundled("en_retained_sample.jsonl")
     texts = _read(retain)
@@ -176,8 +174,6 @@ def measure_after(model: Any, old_tok: Any, new_tok: Any, before: Before, option
         ``max_kl``, ``unsafe`` (list of one-line reasons), ``safe``.
     """
     import torch
-
-    from ..assets import bundled
 
     model.eval()
     changed = sum(

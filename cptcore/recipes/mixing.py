@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, CptError, DataError
 from ..train.data import IGNORE_INDEX, MixedDataset, MixedSampler
+from ..train.plan import log
 
 MIXING_MODES = ("rows", "tokens", "bucketed")
 
@@ -347,8 +348,6 @@ def mixing_summary(summary: dict[str, Any], sampler: Any, stopped: str | None, o
     logged, one line per source."""
     import json
     from pathlib import Path
-
-    from ..train.plan import log
 
     summary = dict(summary)
     summary["stopped"] = stopped

@@ -33,8 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..config import RunConfig, build_config
-from ..errors import ConfigError, CptError
+from ..errors import ConfigError, CptError, DataError
 from . import trainable as trainable_mod
+from ..train.build import accumulation_steps
+from ..train.data import parse_source, read_manifest_any, seq_length
+from ..train.plan import absolute_inputs, check_fresh_out, log, precheck, resolve_plugins, world_size_default
+from ..train.runlock import ensure_writable
 
 if TYPE_CHECKING:
     from ..plugins import CptPluginManager
@@ -253,11 +257,6 @@ def tokens_per_step(cfg: RunConfig, pm: "CptPluginManager", world: int) -> int |
     Raises:
         DataError: a training folder or its manifest missing.
     """
-    from ..errors import DataError
-    from ..train.build import accumulation_steps
-    from ..train.data import parse_source, read_manifest_any, seq_length
-    from ..train.plan import resolve_plugins
-
     manifests = []
     for spec in cfg.data.train:
         src = parse_source(spec)
@@ -310,9 +309,6 @@ def precheck_stages(config: RunConfig, pm: "CptPluginManager", world_size: int |
     Raises:
         ConfigError / DataError: one line naming the stage.
     """
-    from ..train.plan import absolute_inputs, check_fresh_out, log, precheck, world_size_default
-    from ..train.runlock import ensure_writable
-
     world = world_size_default(world_size)
     out = Path(config.training.out_dir)
     resume = config.checkpointing.resume

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config import RunConfig
+    from ..plugins import CptPluginManager
 
 SETS = ("all", "embeddings", "new_rows", "non_embeddings", "lora")
 #: ``training.freeze`` values and the trainable set each one means
@@ -130,7 +131,7 @@ def check(config: "RunConfig", where: str = "training.trainable") -> tuple[str, 
     return kind, arg
 
 
-def check_patterns(config: "RunConfig", pm: Any, where: str = "training.trainable") -> None:
+def check_patterns(config: RunConfig, pm: CptPluginManager, where: str = "training.trainable") -> None:
     """For a pattern list: every pattern matches a parameter name of the configured
     model, built on the ``meta`` device (:func:`cptcore.train.dryrun.meta_model`: no
     weights read). No-op for the named sets.
@@ -143,7 +144,7 @@ def check_patterns(config: "RunConfig", pm: Any, where: str = "training.trainabl
     kind, _ = resolve(config, where)
     if kind != "patterns":
         return
-    from ..train.dryrun import meta_model
+    from ..train.dryrun import meta_model  # lazy: cycle (train.dryrun -> recipes.stages -> this module)
 
     plain = dataclasses.replace(config, training=dataclasses.replace(config.training, trainable="all"))
     _match(meta_model(plain, pm), resolve(config, where)[1], where)

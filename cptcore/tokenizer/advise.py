@@ -52,6 +52,10 @@ from typing import Any, Callable
 from ..errors import CptError, DataError
 from .report import read_eval_texts
 from .sources import Candidate, load_model_proto
+from .expand import _folder_specials, detect_method
+from .expand_bpe import expand_byte_level_bpe, load_byte_level_bpe
+from .expand_sp import merge_into_sentencepiece, sentencepiece_file
+from .train import TrainOptions, train_sentencepiece
 
 DEFAULT_SIZES = (1000, 2000, 4000, 8000, 16000)
 KNEE_GAIN = 0.01
@@ -241,8 +245,6 @@ def model_facts(model_dir: str | Path) -> dict[str, Any]:
 
 def _vocab_size(base: Path, method: str) -> int:
     if method == "sentencepiece":
-        from .expand_sp import sentencepiece_file
-
         return len(load_model_proto(sentencepiece_file(base)).pieces)
     from tokenizers import Tokenizer
 
@@ -290,8 +292,6 @@ def knee(rows: list[dict[str, Any]], base_tpc: float, gain: float) -> dict[str, 
 def _train_domain_model(train_texts: list[str], size: int, workdir: Path, options: Any) -> tuple[Path, Any]:
     from dataclasses import replace
 
-    from .train import train_sentencepiece
-
     src = workdir / "domain_train.txt"
     with open(src, "w", encoding="utf-8") as fh:
         for text in train_texts:
@@ -335,9 +335,6 @@ def advise(
         CptError: no corpus, bad base, SentencePiece refusing the largest size.
         DataError: unreadable corpus or retained file.
     """
-    from .expand import _folder_specials, detect_method
-    from .train import TrainOptions
-
     t0 = time.perf_counter()
     if not corpora:
         raise CptError("give at least one --corpus NAME=FILE")
@@ -359,8 +356,6 @@ def advise(
             raise CptError(f"model {model} has {facts['rows']} embedding rows, fewer than the base tokenizer's {n_base} tokens (not its tokenizer?)")
 
     if method == "sentencepiece":
-        from .expand_sp import merge_into_sentencepiece, sentencepiece_file
-
         sp_file = sentencepiece_file(base_p)
         specials = _folder_specials(base_p) if base_p.is_dir() else set()
         base_enc = _sp_encoder(sp_file.read_bytes())
@@ -369,8 +364,6 @@ def advise(
             model_bytes, res = merge_into_sentencepiece(sp_file, cands, specials)
             return _sp_encoder(model_bytes), res.vocab_before, res.vocab_after, len(res.added)
     else:
-        from .expand_bpe import expand_byte_level_bpe, load_byte_level_bpe
-
         base_enc = _bpe_encoder(load_byte_level_bpe(base_p))
 
         def expand(cands):

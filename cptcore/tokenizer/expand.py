@@ -16,6 +16,9 @@ from ..errors import CptError, DataError
 from ..model.outdir import prepare_out_dir
 from .report import compression, hf_encoder, read_eval_texts, write_report
 from .sources import read_candidates
+from .expand_bpe import expand_byte_level_bpe
+from .expand_sp import merge_into_sentencepiece, sentencepiece_file
+from .hf_folder import write_fast_folder, write_sentencepiece_folder
 
 METHODS = ("auto", "sentencepiece", "bpe")
 REPORT_NAME = "expand_report.json"
@@ -99,9 +102,6 @@ def expand_tokenizer(
     texts = read_eval_texts(eval_text) if eval_text is not None else None
     report: dict[str, Any] = {"method": chosen, "base": str(base_p), "source": str(add)}
     if chosen == "sentencepiece":
-        from .expand_sp import merge_into_sentencepiece, sentencepiece_file
-        from .hf_folder import write_sentencepiece_folder
-
         sp_file = sentencepiece_file(base_p)
         specials = _folder_specials(base_p) if base_p.is_dir() else set()
         model_bytes, res = merge_into_sentencepiece(sp_file, candidates, specials, target_vocab)
@@ -116,9 +116,6 @@ def expand_tokenizer(
             report["fast_vs_sentencepiece_disagreements"] = sum(a != b for a, b in zip(after(lines), fast_ids))
     else:
         from transformers import AutoTokenizer
-
-        from .expand_bpe import expand_byte_level_bpe
-        from .hf_folder import write_fast_folder
 
         if not base_p.is_dir():
             raise CptError(f"byte-level BPE expansion needs a tokenizer folder, got {base_p}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import DataError
+from ..data import readers
 
 CJK_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
@@ -33,8 +34,6 @@ def read_eval_texts(path: str | Path, text_field: str = "text") -> list[str]:
         DataError: missing file, not UTF-8, a bad JSONL line (``path:line``), or no
             text in the file.
     """
-    from ..data import readers
-
     p = Path(path)
     if not p.is_file():
         raise DataError("evaluation text not found", path=str(p))

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from ..errors import CptError, DataError
 from ..model.outdir import prepare_out_dir
+from ..data import readers
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def _documents(path: Path, text_field: str, stats: TrainStats) -> Iterator[tuple
     """``(line, text)`` of every document of one file: JSONL/JSON/Parquet (``.gz`` too)
     through :mod:`cptcore.data.readers`, so bad records fail exactly as in
     ``cpt prepare``; plain text streamed line by line (one document per line)."""
-    from ..data import readers
-
     if readers.file_format(str(path)) != "text" or str(path).endswith(".gz"):
         for rec in readers.iter_file(str(path), text_field):
             if rec.error in ("empty document", "empty file"):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..registries import call_provider
 from .data import MixedDataset, MixedSampler, open_dataset
+from ..recipes.trainable import apply_trainable
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -61,8 +62,6 @@ def apply_freeze(model: Any, freeze: str) -> int:
 def build_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
     """``cpt_build_model`` (built-in provider + wrappers such as LoRA), then the freeze
     policy (:func:`cptcore.recipes.trainable.apply_trainable`). Seed torch first for reproducible adapter initialisation."""
-    from ..recipes.trainable import apply_trainable
-
     model = call_provider(pm, "cpt_build_model", config=config)
     apply_trainable(model, config)  # training.trainable, with training.freeze folded in
     return model
@@ -85,8 +84,8 @@ def open_training_data(plan: "Plan", dp_size: int, dp_rank: int) -> tuple[MixedD
     columns = plan.objective.spec.columns
     data = MixedDataset([open_dataset(s.path, columns) for s in plan.train], [s.weight for s in plan.train])
     t = plan.config.training
-    from ..recipes.mixing import make_sampler  # data.mixing: rows (MixedSampler's order) | tokens | bucketed
-    from .plan import log
+    from ..recipes.mixing import make_sampler  # lazy: cycle (mixing -> plan -> this module); data.mixing: rows (MixedSampler's order) | tokens | bucketed
+    from .plan import log  # lazy: cycle (plan imports this module)
 
     sampler = make_sampler(data, data.datasets, [s.path for s in plan.train], [s.repeat for s in plan.train],
                            plan.config.data, t.micro_batch_size, dp_size, dp_rank, seed=t.seed, log=log)

@@ -22,6 +22,7 @@ from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
 from .parallel import Layout
 from .plan import Plan as RunPlan
 from .plan import precheck
+from ..recipes.stages import describe, precheck_stages
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -153,8 +154,6 @@ def dry_run(config: "RunConfig", pm: "CptPluginManager", nproc_per_node: int | N
     """``cpt train --dry-run``: :func:`plan_dry_run` then :func:`render`; with
     ``stages:`` one line per stage first, and the estimate of the first stage to run."""
     if config.stages:
-        from ..recipes.stages import describe, precheck_stages
-
         recipe = precheck_stages(config, pm, world_size(nproc_per_node, nnodes), dry_run=True)
         for line in describe(recipe):
             echo(line)

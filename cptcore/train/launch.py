@@ -15,12 +15,15 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .. import __version__
 from ..errors import ConfigError, CptError
 from .lifetime import LAUNCHER_PID_ENV
 from .rendezvous import report_failure, roll_call
+
+if TYPE_CHECKING:
+    from ..plugins import CptPluginManager
 
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
@@ -93,7 +96,7 @@ def process_group(seed: int) -> Iterator[tuple[int, int]]:
                 os.environ[key] = value
 
 
-def plugin_fingerprint(pm: Any) -> str:
+def plugin_fingerprint(pm: CptPluginManager) -> str:
     """sha256 (hex, 16 chars) of the sorted registered plugin names with their sources
     and versions, plus the versions of cptcore, torch, colossalai and transformers."""
     import colossalai
@@ -110,7 +113,7 @@ def plugin_fingerprint(pm: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_fingerprints(pm: Any) -> str:
+def check_fingerprints(pm: CptPluginManager) -> str:
     """All-gather every rank's :func:`plugin_fingerprint`; raise on any mismatch.
 
     Raises:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 from .launch import check_fingerprints, process_group
 from .plan import absolute_inputs, check_fresh_out, check_optimizer
 from .plan import precheck as plan_precheck
+from ..recipes.stage_run import train_stages
+from ..recipes.stages import precheck_stages
+from .runlock import run_folder
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -24,8 +27,6 @@ def precheck(config: "RunConfig", pm: "CptPluginManager", world_size: int | None
     """:func:`cptcore.train.plan.precheck`, or for a config with ``stages:``
     :func:`cptcore.recipes.stages.precheck_stages` (a ``RecipePlan``)."""
     if config.stages:
-        from ..recipes.stages import precheck_stages
-
         return precheck_stages(config, pm, world_size, dry_run=kw.get("dry_run", False))
     return plan_precheck(config, pm, world_size, **kw)
 
@@ -40,10 +41,7 @@ def train(config: "RunConfig", pm: "CptPluginManager") -> dict[str, Any]:
     import os
     from pathlib import Path
 
-    from .runlock import run_folder
-
     if config.stages:  # a multi-stage recipe: one Trainer per stage (cptcore.recipes.stage_run)
-        from ..recipes.stage_run import train_stages
 
         return train_stages(config, pm)
     plan = plan_precheck(config, pm)
@@ -51,6 +49,6 @@ def train(config: "RunConfig", pm: "CptPluginManager") -> dict[str, Any]:
     with run_folder(Path(plan.config.training.out_dir), int(os.environ.get("RANK", "0") or 0)):
         with process_group(config.training.seed):
             check_fingerprints(pm)
-            from .trainer import Trainer  # torch: only once the checks have passed
+            from .trainer import Trainer  # lazy: pulls torch, only once the checks have passed
 
             return Trainer(plan, pm).fit()

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from .mfu import Meter, attended_positions, count_n, flops_model, resolve_peak
+from .plan import log
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -90,9 +92,6 @@ def mfu_meter(trainer: Any) -> Any:
     (:func:`~cptcore.train.mfu.count_n`), devices = the world size."""
     import torch
 
-    from .mfu import Meter, count_n, flops_model, resolve_peak
-    from .plan import log
-
     device = trainer.strategy.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
@@ -113,7 +112,6 @@ def mfu_metrics(meter: Any, batches: Sequence[Any], tokens: int, seconds: float)
     micro-batches' scaled to ``tokens`` (ranks' rows are alike; saves a collective)."""
     if meter is None:
         return {}
-    from .mfu import attended_positions
 
     local, attended = 0, 0
     for b in batches:

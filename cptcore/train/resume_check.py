@@ -25,19 +25,22 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, CptError
+from .data import parse_source
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..plugins import CptPluginManager
 
 LAYOUT_KEYS = ("world_size", "strategy", "dp", "tp", "pp", "sp")
 
 
-def data_fingerprint(config: Any) -> dict:
+def data_fingerprint(config: RunConfig) -> dict:
     """``{"sources": [...], "shuffle": bool}`` of ``config.data.train`` (reads each
     folder's ``manifest.json``; ``rows`` is its ``packs`` count)."""
     import json
-
-    from .data import parse_source
 
     sources = []
     for spec in config.data.train:
@@ -56,7 +59,7 @@ def layout_of(name: str, world: int, dp: int, tp: int = 1, pp: int = 1, sp: int 
     return {"world_size": int(world), "strategy": name, "dp": int(dp), "tp": int(tp), "pp": int(pp), "sp": int(sp)}
 
 
-def saved_fingerprint(config: Any, strategy: Any, world: int) -> dict:
+def saved_fingerprint(config: RunConfig, strategy: Any, world: int) -> dict:
     """``{"layout": ..., "data": ...}`` for ``trainer_state.json``, from the live strategy
     (``strategy.plugin``'s ``tp_size``/``pp_size``/``sp_size`` where it has them)."""
     plugin = getattr(strategy, "plugin", None)
@@ -66,9 +69,9 @@ def saved_fingerprint(config: Any, strategy: Any, world: int) -> dict:
     return {"layout": layout, "data": data_fingerprint(config)}
 
 
-def planned_layout(config: Any, pm: Any, world: int) -> dict:
+def planned_layout(config: RunConfig, pm: CptPluginManager, world: int) -> dict:
     """The layout ``config`` gives ``world`` ranks (same arithmetic as ``--dry-run``)."""
-    from .plan import layout_for, validate_strategy  # plan imports this module
+    from .plan import layout_for, validate_strategy  # lazy: cycle (plan imports this module)
 
     spec, options = validate_strategy(config, pm, world)
     lay = layout_for(spec.name, options, world)
@@ -95,7 +98,7 @@ def data_differences(saved: dict, now: dict) -> list[str]:
     return out
 
 
-def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = None, state: dict | None = None) -> dict:
+def check_resume(resume: Path, config: RunConfig, pm: CptPluginManager, world_size: int | None = None, state: dict | None = None) -> dict:
     """Validate and verify the checkpoint (:func:`~cptcore.train.checkpoint.validate_checkpoint`;
     skipped when the caller passes the ``state`` it returned), then compare its layout,
     sampler settings and data with this run's. Returns the trainer state.
@@ -105,7 +108,7 @@ def check_resume(resume: Path, config: Any, pm: Any, world_size: int | None = No
             the layout differs (...)``, ``... micro_batch_size 2 -> 4``, or ``the training
             data differs (...)`` with the way to continue on new data.
     """
-    from .checkpoint import validate_checkpoint
+    from .checkpoint import validate_checkpoint  # lazy: cycle (checkpoint imports this module)
 
     world = world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
     if state is None:

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from ..errors import CptError
 from .strategy import BoosterStrategy, LossFn, inner_optimizer
+from .export import is_peft
 
 #: plugins clip with this max_norm when the user disables clipping (0): large enough
 #: never to clip, non-zero so that HybridParallel/Gemini still measure the norm.
@@ -141,8 +142,6 @@ class ShardedStrategy(BoosterStrategy):
         ``AutoModelForCausalLM.from_config`` module loads it (fp32, CPU). Every rank
         must call this.
         """
-        from .export import is_peft
-
         inner = super().unwrap(model)
         if self.full_params_local:
             return inner

@@ -52,7 +52,7 @@ __all__ = ["IGNORE_INDEX", "BoosterStrategy", "LossFn", "Strategy", "count_label
 
 def token_loss_sum(logits: Any, labels: Any) -> Any:
     """Summed next-token cross-entropy (see :func:`cptcore.train.losses.token_loss_sum`)."""
-    from .losses import token_loss_sum as chunked
+    from .losses import token_loss_sum as chunked  # lazy: pulls torch
 
     return chunked(logits, labels)
 
