@@ -39,7 +39,8 @@ def test_dry_run_layout_counts_and_table(cpt_cli, config_only_model):
     assert f"params:   {TOTAL:,} total, {TOTAL:,} trainable, 0 frozen" in out
     assert "micro-batch 2 x 2048 tokens (assumed); attention sdpa; gradient checkpointing off" in out
     est = estimate(ModelShape(TOTAL, TOTAL, 64, 2, 4, 128, intermediate_size=128),
-                   Plan("hybrid3d", precision="bf16", dp=2, tp=2, micro_batch_size=2, seq_len=2048))
+                   Plan("hybrid3d", precision="bf16", dp=2, tp=2, micro_batch_size=2, seq_len=2048,
+                        loss_chunk_tokens=1024))  # causal_lm's default chunk_tokens
     assert re.search(rf"optimizer states\s+\|\s+{est.optimizer:,.0f} \|", out)
     assert re.search(rf"activations \(checkpointing\)\s+\|\s+{est.activations_ckpt:,.0f} \|", out)
     assert re.search(rf"\| total\s+\|\s+{est.device:,.0f} \|", out)
