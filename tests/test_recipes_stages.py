@@ -70,6 +70,10 @@ def _cfg(env, out, stages, model="tied", **sets):
     ([{"name": "a", "trainable": "lora", "budget": {"steps": 1}},
       {"name": "b", "trainable": "embeddings", "budget": {"steps": 1}, "lora": {"enabled": True}}],
      r"stage 'b'.*exclude each other"),
+    # checked against the model's rows at precheck, before stage 'a' trains (review14)
+    ([{"name": "a", "budget": {"steps": 1}},
+      {"name": "b", "trainable": {"new_rows_from": 10**9}, "budget": {"steps": 1}}],
+     r"stage 'b': .*new_rows_from=1000000000 leaves no new row"),
 ])
 def test_stage_schema_errors_are_one_line_naming_the_stage(env, tmp_path, stages, match):
     from cptcore.recipes.stages import precheck_stages

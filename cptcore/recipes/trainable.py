@@ -134,14 +134,21 @@ def check(config: "RunConfig", where: str = "training.trainable") -> tuple[str, 
 def check_patterns(config: RunConfig, pm: CptPluginManager, where: str = "training.trainable") -> None:
     """For a pattern list: every pattern matches a parameter name of the configured
     model, built on the ``meta`` device (:func:`cptcore.train.dryrun.meta_model`: no
-    weights read). No-op for the named sets.
+    weights read); for ``new_rows``: the original row count is below the embedding's
+    rows. No-op for the other named sets.
 
     Raises:
-        ConfigError: ``WHERE: pattern 'P' matches no parameter name (...)``.
+        ConfigError: ``WHERE: pattern 'P' matches no parameter name (...)``;
+            ``new_rows_from=N leaves no new row ...``.
     """
     import dataclasses
 
     kind, _ = resolve(config, where)
+    if kind == "new_rows":  # the row count against the model's rows, before any stage trains
+        from ..train.dryrun import meta_model
+
+        meta_model(config, pm)  # apply_trainable refuses new_rows_from >= rows
+        return
     if kind != "patterns":
         return
     from ..train.dryrun import meta_model  # lazy: cycle (train.dryrun -> recipes.stages -> this module)
