@@ -242,6 +242,8 @@ def _check_sharded_export(out: Path, env: dict) -> None:
     (["--max-tokens", "1.5"], "training.max_tokens: '1.5' is not a whole number"),
     (["--epochs", "0"], "training.epochs must be a positive number, got 0.0"),
     (["--max-shard-size", "5XB"], "training.max_shard_size: expected a size such as 500MB or 2GB"),
+    (["--epochs", "1e308"], "resolves to more than 1e+12 optimizer steps"),
+    (["--max-tokens", "999999999999T"], "resolves to more than 1e+12 optimizer steps"),
 ])
 def test_length_and_shard_size_refused_in_one_line(args, message, env, tmp_path, cpt_cli):
     base = ["--model", str(env["model"]), "--data", str(env["train"]), "--out", str(tmp_path / "o")]

@@ -80,6 +80,9 @@ def check_length_keys(config: Any) -> str:
     return given[0] if given else "default"
 
 
+MAX_STEPS = 10**12  # optimizer steps; any run length past it is a typo (a step a microsecond is 11 days)
+
+
 def resolve_length(config: Any, *, batches_per_epoch: int | None, accumulation: int, seq_len: int | None,
                    dp: int) -> RunLength:
     """Resolve the run's length to optimizer steps (see the module docstring).
@@ -93,8 +96,17 @@ def resolve_length(config: Any, *, batches_per_epoch: int | None, accumulation: 
 
     Raises:
         ConfigError: :func:`check_length_keys`; ``epochs`` without row counts, ``max_tokens``
-            without a row length (one line each).
+            without a row length, a length of more than ``MAX_STEPS`` steps (one line each).
     """
+    length = _resolve(config, batches_per_epoch, accumulation, seq_len, dp)
+    if length.steps > MAX_STEPS:  # --epochs 1e308 resolved to a 300-digit step count
+        key = "max_steps" if length.decided_by == "default" else length.decided_by
+        raise ConfigError(f"training.{key}={length.value} resolves to more than {MAX_STEPS:.0e} optimizer steps "
+                          f"({len(str(length.steps))} digits): check the value and its unit")
+    return length
+
+
+def _resolve(config: Any, batches_per_epoch: int | None, accumulation: int, seq_len: int | None, dp: int) -> RunLength:
     key = check_length_keys(config)
     t = config.training
     per_step = seq_len * t.micro_batch_size * accumulation * dp if seq_len else None
