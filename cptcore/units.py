@@ -12,7 +12,7 @@ _COUNT_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10*
 
 def parse_count(value: Any, key: str) -> int:
     """A count written as an integer or with a decimal suffix: ``2M`` = 2,000,000,
-    ``1.5B`` (or ``1.5G``) = 1,500,000,000, ``500K``, ``1T``; case-insensitive,
+    ``1.5B`` (or ``1.5G``) = 1,500,000,000, ``500K``, ``1T``, ``2e6``; case-insensitive,
     underscores and commas ignored (``2_000_000``).
 
     Raises:
@@ -27,7 +27,7 @@ def parse_count(value: Any, key: str) -> int:
         n = value
     else:
         text = str(value).strip().replace("_", "").replace(",", "")
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMbBgGtT]?)", text)
+        match = re.fullmatch(r"(\d+(?:\.\d+)?(?:[eE]\+?\d+)?)\s*([kKmMbBgGtT]?)", text)
         if not match:
             raise ConfigError(f"{key}: expected a count such as 2000000, 2M or 1.5B, got {value!r}")
         try:

@@ -63,7 +63,7 @@ def _cfg(env, out, stages, model="tied", **sets):
     ([{"name": "a", "budget": {"steps": 1}, "optimizer": {"lrr": 1}}], r"stage 'a'.*unknown config key 'optimizer.lrr'"),
     ([{"name": "a", "budget": {"steps": 1}, "training": {"max_steps": 3}}], r"stage 'a': 'training.max_steps' may not"),
     ([{"name": "A b", "budget": {"steps": 1}}], r"stages\[0\]: name must match"),
-    ([{"name": "a", "budget": {"tokens": "lots"}}], r"stage 'a'.budget.tokens: expected a token count"),
+    ([{"name": "a", "budget": {"tokens": "lots"}}], r"stage 'a'.budget.tokens: expected a count such as 2000000, 2M or 1.5B, got 'lots'"),
     ([{"name": "a", "trainable": "new_rows", "budget": {"steps": 1}}], r"stage 'a'.*resize_report.json is missing"),
     ([{"name": "a", "trainable": ["model.nothing.*"], "budget": {"steps": 1}}],
      r"stage 'a': .*pattern 'model.nothing.\*' matches no parameter name"),

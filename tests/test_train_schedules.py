@@ -279,6 +279,9 @@ def test_counts_and_sizes():
 
     assert [parse_count(v, "k") for v in ("2M", "1.5B", "500k", "2_000", "1,000", 7, "1T", "0.5K")] == \
         [2_000_000, 1_500_000_000, 500_000, 2000, 1000, 7, 10**12, 500]
+    assert [parse_count(v, "k") for v in ("2e6", 2.0e6, "1.5e3", "1e+20")] == [2_000_000, 2_000_000, 1500, 10**20]
+    from cptcore.recipes import pipeline, stages  # one parser for every count: stage budgets, recipes
+    assert stages.parse_tokens is parse_count and pipeline.parse_tokens is parse_count
     assert [parse_shard_size(v) for v in ("500MB", "2GB", "1.5GB", "10KB", 123, "77")] == \
         [500 * 10**6, 2 * 10**9, 1_500_000_000, 10_000, 123, 77]
     for bad in ("0", "2GiB", "MB", True):

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config import read_yaml
 from ..errors import ConfigError
+from ..units import parse_count as parse_tokens  # "2M", "1.5B", "2e6" -> tokens (one parser for every count)
 
 STEPS = ("tokenizer", "expand", "resize", "prepare", "train", "export")
 TOP_KEYS = ("description", "sources", "model", "out", "steps")
@@ -263,21 +264,3 @@ def load_recipe(recipe: str | Path | None = None, preset: str | None = None, set
     ordered = {name: steps[name] for name in STEPS if name in steps}
     return Recipe(label=label, base_dir=base_dir, model=tree["model"], out=resolve_path(tree["out"], base_dir),
                   steps=ordered, tree=tree)
-
-
-def parse_tokens(value: Any, where: str) -> int:
-    """``2M`` / ``500k`` / ``1.5G`` / ``1000`` -> tokens (k = 1e3, M = 1e6, G = 1e9).
-
-    Raises:
-        ConfigError: not a count.
-    """
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a token count like 2M, got {value!r}")
-    if isinstance(value, (int, float)):
-        return int(value)
-    text = str(value).strip()
-    scale = {"k": 10**3, "K": 10**3, "M": 10**6, "m": 10**6, "G": 10**9, "B": 10**9}.get(text[-1:], 1)
-    try:
-        return int(float(text[:-1] if scale != 1 else text) * scale)
-    except ValueError:
-        raise ConfigError(f"{where}: expected a token count like 2M, got {value!r}") from None

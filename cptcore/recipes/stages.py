@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..config import RunConfig, build_config
 from ..errors import ConfigError, CptError, DataError
+from ..units import parse_count as parse_tokens  # "2M", "1.5B", "2e6" -> tokens (one parser for every count)
 from . import trainable as trainable_mod
 from ..train.build import accumulation_steps
 from ..train.data import parse_source, read_manifest_any, seq_length
@@ -55,7 +55,6 @@ FIXED = {"strategy": "the strategy stays the same across stages",
 DERIVED = {"training.max_steps": "use the stage's budget", "training.out_dir": "it is OUT/stages/NAME",
            "checkpointing.resume": "resume the whole run with --resume auto"}
 STAGE_FILE = "stage.json"
-_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
 
 
 @dataclass(frozen=True)
@@ -99,26 +98,6 @@ class RecipePlan:
     stages: tuple[StagePlan, ...]
     world_size: int = 1
 
-
-def parse_tokens(value: Any, where: str) -> int:
-    """``2M`` / ``500k`` / ``1.5B`` / ``2000000`` -> tokens (suffixes k, M, G/B, T are
-    powers of 1000; case-insensitive).
-
-    Raises:
-        ConfigError: not a positive count.
-    """
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a token count such as 2M, got {value!r}")
-    if isinstance(value, (int, float)):
-        n = value
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgbt]?)\s*", str(value).lower())
-        if not m:
-            raise ConfigError(f"{where}: expected a token count such as 2M or 500k, got {value!r}")
-        n = float(m.group(1)) * _SUFFIX[m.group(2)]
-    if not (isinstance(n, (int, float)) and math.isfinite(n) and n >= 1):
-        raise ConfigError(f"{where}: the token budget must be >= 1, got {value!r}")
-    return int(round(n))
 
 
 def budget_steps(budget: Mapping[str, Any], tokens_per_step: int | None, where: str) -> int:
