@@ -207,3 +207,15 @@ def test_presets_listed_merged_and_planned(cpt_cli, inputs, tmp_path):
     assert "stage align" in output and "10,240 tokens (20 steps × 512 tokens)" in output
     assert "stage inject" in output and "20,480 tokens" in output and "time unknown" in output
     assert parse_tokens("2M", "x") == 2_000_000 and parse_tokens("1.5k", "x") == 1500
+
+
+def test_example_multistage_recipe_loads_with_the_budgets_docs_show(tmp_path):
+    """examples/multistage.yaml (run in docs/multistage.md) loads, its small eval files
+    exist (load_recipe refuses a missing input), and its stages are 4 + 8 + 4 steps of
+    512 tokens, as the guide's ledger shows."""
+    from cptcore.recipes.pipeline_run import stage_budgets
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "multistage.yaml"
+    recipe = load_recipe(example, sets=[f"out={tmp_path / 'o'}"])
+    assert [(n, t) for n, t, _ in stage_budgets(recipe)] == [("align", 2048), ("inject", 4096), ("replay", 2048)]
+    assert set(recipe.steps["prepare"]["eval"]) == {"zh_heldout", "en_retained"}
