@@ -192,6 +192,8 @@ def test_budget_and_mc_config_errors():
         load_config(None, overrides={"data.eval": ["law=/d/x", "en=/d/y"]}, sets=["eval.budget.en=nan"])
     cfg = load_config(None, overrides={"data.eval_mc": ["mmlu=/d/mc.jsonl"]})
     assert cfg.data.eval_mc == {"mmlu": "/d/mc.jsonl"}
+    # an unnamed FILE is named after the file without its extension (not 'mc.jsonl')
+    assert load_config(None, overrides={"data.eval_mc": ["/d/mc.jsonl"]}).data.eval_mc == {"mc": "/d/mc.jsonl"}
 
 
 def test_run_ledger_progress_state_and_corrupt_state():
