@@ -53,7 +53,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval", named_sets(self.eval, "data.eval"))
-        object.__setattr__(self, "eval_mc", named_sets(self.eval_mc, "data.eval_mc"))
+        object.__setattr__(self, "eval_mc", named_sets(self.eval_mc, "data.eval_mc", file=True))
         if self.mixing not in ("rows", "tokens", "bucketed"):
             raise ConfigError(f"data.mixing must be rows, tokens or bucketed, got {self.mixing!r}")
         if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1:

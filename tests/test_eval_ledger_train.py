@@ -192,6 +192,8 @@ def test_budget_and_mc_config_errors():
         load_config(None, overrides={"data.eval": ["law=/d/x", "en=/d/y"]}, sets=["eval.budget.en=nan"])
     cfg = load_config(None, overrides={"data.eval_mc": ["mmlu=/d/mc.jsonl"]})
     assert cfg.data.eval_mc == {"mmlu": "/d/mc.jsonl"}
+    # an unnamed FILE is named after the file without its extension (not 'mc.jsonl')
+    assert load_config(None, overrides={"data.eval_mc": ["/d/mc.jsonl"]}).data.eval_mc == {"mc": "/d/mc.jsonl"}
 
 
 def test_run_ledger_progress_state_and_corrupt_state():
@@ -205,3 +207,31 @@ def test_run_ledger_progress_state_and_corrupt_state():
     assert again.state_dict() == led.state_dict() and again.table() == led.table()
     with pytest.raises(CptError, match=r"^ckpt/trainer_state.json: corrupt 'ledger' entry"):
         again.load_state_dict({"baseline": {"zh": {"bpb": "1"}}}, "ckpt/trainer_state.json")
+
+
+def test_set_added_on_resume_gets_its_own_baseline_and_budget(env, tmp_path, monkeypatch, capfd):
+    """A set the checkpoint's baseline lacks (added with a budget on resume) is not left
+    unchecked: its first evaluation is its baseline (said once), then its budget stops
+    the run; a second `--resume auto` with stop still on stops again at the next breach."""
+    out = tmp_path / "run"
+    base = dict(training__eval_every=2, checkpointing__save_every=2)
+    _script(monkeypatch, {"zh": [2.0, 1.9]})
+    _train(run_config(out, env["model"], [str(env["zh"])], [f"zh={env['zh']}"], training__max_steps=2, **base))
+    capfd.readouterr()
+    both = [f"zh={env['zh']}", f"en={env['en']}"]
+    stop = dict(base, eval__budget={"en": 0.05}, eval__on_budget="stop", checkpointing__resume="auto")
+    calls = _script(monkeypatch, {"zh": [1.8, 1.7], "en": [1.0, 1.2]})
+    s = _train(run_config(out, env["model"], [str(env["zh"])], both, training__max_steps=8, **stop))
+    assert calls == {"zh": 2, "en": 2} and s["steps"] == 6 and s["ledger"]["stopped"]["step"] == 6
+    err = capfd.readouterr().err
+    assert err.count("its evaluation at step 4 is taken as its baseline") == 1
+    assert "baseline 1.0000 (step 4), beyond its budget 0.05 at step 6" in err
+    en = next(r for r in s["ledger"]["sets"] if r["set"] == "en")
+    assert en["baseline"] == pytest.approx(1.0) and en["baseline_step"] == 4 and en["within_budget"] is False
+    assert s["ledger"]["late_baselines"] == {"en": 4} and s["ledger"]["baseline"]["zh"]["bpb"] == pytest.approx(2.0)
+    # resumed again with stop: the saved late baseline holds, the next breach stops at step 8
+    _script(monkeypatch, {"zh": [1.6], "en": [1.3]})
+    s = _train(run_config(out, env["model"], [str(env["zh"])], both, training__max_steps=8, **stop))
+    assert s["steps"] == 8 and s["ledger"]["stopped"]["step"] == 8
+    err = capfd.readouterr().err
+    assert "taken as its baseline" not in err and "+0.3000 over its baseline 1.0000 (step 4)" in err

@@ -90,6 +90,7 @@ class RunLedger:
         self.best_per_set: dict[str, tuple[float, int]] = {}  # NAME -> (best value, its step)
         self.best: dict[str, Any] | None = None  # {"step", "gain"} (keep_best candidate)
         self.stopped: dict[str, Any] | None = None  # {"step", "reason"}
+        self.late: dict[str, int] = {}  # NAME -> step its baseline was taken at (a set the baseline lacked)
 
     # ------------------------------------------------------------------ observing
     def set_baseline(self, metrics: Mapping[str, Any] | Mapping[str, Mapping[str, float]], step: int = 0) -> None:
@@ -137,6 +138,7 @@ class RunLedger:
         if self.baseline is None:
             self.set_baseline(metrics, step)
             return Verdict()
+        notes = self._late_baselines(metrics, step)
         self._track(per_set(metrics, self.names), step)
         base = self._flat(self.baseline)
         warnings, over = [], []
@@ -148,19 +150,35 @@ class RunLedger:
             if change > limit + EPS:
                 over.append(name)
                 warnings.append(f"eval budget: '{name}' {got[0]} {got[1]:.4f} is {change:+.4f} over its baseline "
-                                f"{ref[1]:.4f} (step {self.baseline_step}), beyond its budget {limit:g} at step {step}")
+                                f"{ref[1]:.4f} (step {self.late.get(name, self.baseline_step)}), beyond its budget {limit:g} at step {step}")
         if self.on_budget == "stop" and over:
             reason = (f"eval budget exceeded at step {step} on {', '.join(repr(n) for n in over)} "
                       f"(eval.on_budget: stop)")
             self.stopped = {"step": int(step), "reason": reason}
-            return Verdict(tuple(warnings), stop=reason)
+            return Verdict(tuple(notes + warnings), stop=reason)
         new_best = False
         if self.on_budget == "keep_best" and not over:
             gain = self.gain(metrics)
             if gain is not None and gain > EPS and (self.best is None or gain > self.best["gain"] + EPS):
                 self.best = {"step": int(step), "gain": gain}
                 new_best = True
-        return Verdict(tuple(warnings) if self.on_budget != "keep_best" else (), new_best=new_best)
+        return Verdict(tuple(notes + (warnings if self.on_budget != "keep_best" else [])), new_best=new_best)
+
+    def _late_baselines(self, metrics: Mapping[str, Any], step: int) -> list[str]:
+        """A set the baseline lacks (added on resume or in a later stage) or holds in
+        another metric (``loss`` then ``bpb``): this evaluation becomes its baseline
+        (recorded in :attr:`late`), one note line each, instead of going unchecked."""
+        notes = []
+        base = self._flat(self.baseline or {})
+        for name, vals in per_set(metrics, self.names).items():
+            got, ref = metric_of(metrics, name), metric_of(base, name)
+            if got is None or (ref is not None and ref[0] == got[0]):
+                continue
+            self.baseline[name] = dict(vals)  # type: ignore[index]
+            self.late[name] = int(step)
+            notes.append(f"eval set '{name}' has no {got[0]} baseline from step {self.baseline_step} (added on "
+                         f"resume or in a later stage): its evaluation at step {step} is taken as its baseline")
+        return notes
 
     def domain(self) -> list[str]:
         """bpb sets without a budget."""
@@ -196,7 +214,7 @@ class RunLedger:
         return " " + " ".join(parts) if parts else ""
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per set: ``set, role, metric, baseline, final, best, best_step,
+        """One row per set: ``set, role, metric, baseline, baseline_step, final, best, best_step,
         change, budget, within_budget`` (None where it does not apply)."""
         rows = []
         base, last = self._flat(self.baseline or {}), self._flat(self.last)
@@ -208,14 +226,16 @@ class RunLedger:
             change = fin[1] - ref[1]
             role = "mc" if ref[0] == "acc" else ("retained" if budget is not None else "domain")
             best = self.best_per_set.get(n, (fin[1], self.last_step))
-            rows.append({"set": n, "role": role, "metric": ref[0], "baseline": ref[1], "final": fin[1],
+            rows.append({"set": n, "role": role, "metric": ref[0], "baseline": ref[1],
+                         "baseline_step": self.late.get(n, self.baseline_step), "final": fin[1],
                          "best": best[0], "best_step": best[1], "change": change, "budget": budget,
                          "within_budget": None if budget is None else change <= budget + EPS})
         return rows
 
     def summary(self) -> dict[str, Any]:
         """The ``ledger`` entry of ``summary.json``."""
-        return {"baseline_step": self.baseline_step, "on_budget": self.on_budget, "sets": self.table(),
+        return {"baseline_step": self.baseline_step, "late_baselines": dict(self.late), "on_budget": self.on_budget,
+                "sets": self.table(),
                 "best": self.best, "stopped": self.stopped, "baseline": self.baseline}
 
     def render(self) -> Any:
@@ -237,7 +257,7 @@ class RunLedger:
         """JSON-able state (``trainer_state.json`` entry ``ledger``)."""
         return {"baseline": self.baseline, "baseline_step": self.baseline_step, "last": self.last,
                 "last_step": self.last_step, "best_per_set": {n: list(v) for n, v in self.best_per_set.items()},
-                "best": self.best, "stopped": self.stopped}
+                "best": self.best, "stopped": self.stopped, "late": dict(self.late)}
 
     def load_state_dict(self, state: Any, where: str) -> None:
         """Inverse of :meth:`state_dict` (``stopped`` is not restored: the resumed run
@@ -259,6 +279,7 @@ class RunLedger:
             self.best_per_set = {str(n): (_num(v[0]), _int(v[1])) for n, v in (state.get("best_per_set") or {}).items()}
             best = state.get("best")
             self.best = None if best is None else {"step": _int(best["step"]), "gain": _num(best["gain"])}
+            self.late = {str(n): _int(v) for n, v in (state.get("late") or {}).items()}
             self.stopped = None  # a resumed run continues past the stop it was saved at
         except (TypeError, KeyError, ValueError, IndexError, AttributeError) as exc:
             raise CptError(f"{where}: corrupt 'ledger' entry ({type(exc).__name__}: {exc})") from None

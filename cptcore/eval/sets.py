@@ -45,9 +45,11 @@ def folder_name(path: str) -> str:
     return name if NAME_RE.match(name) else f"set_{name}"
 
 
-def parse_named(spec: str, where: str) -> tuple[str, str]:
+def parse_named(spec: str, where: str, file: bool = False) -> tuple[str, str]:
     """``"NAME=PATH"`` or ``"PATH"`` -> ``(name, path)``. A spec that exists as a path
-    as written is a path (a folder may contain ``=``).
+    as written is a path (a folder may contain ``=``). An unnamed PATH is named by
+    :func:`folder_name`; with ``file`` (a JSONL file such as ``data.eval_mc``'s) its
+    extension is dropped first (``mmlu.jsonl`` -> ``mmlu``).
 
     Raises:
         ConfigError: empty path or invalid name.
@@ -59,10 +61,10 @@ def parse_named(spec: str, where: str) -> tuple[str, str]:
         if not path:
             raise ConfigError(f"{where}: {spec!r} has no PATH after '='")
         return check_name(name, where), path
-    return folder_name(spec), spec
+    return folder_name(str(Path(spec.rstrip("/\\")).with_suffix("")) if file else spec), spec
 
 
-def named_sets(value: Any, where: str = "data.eval") -> dict[str, str]:
+def named_sets(value: Any, where: str = "data.eval", file: bool = False) -> dict[str, str]:
     """Normalise ``data.eval`` (a mapping NAME -> PATH, or a list of ``NAME=PATH`` /
     ``PATH``) to an ordered ``{name: path}``.
 
@@ -79,7 +81,7 @@ def named_sets(value: Any, where: str = "data.eval") -> dict[str, str]:
                 raise ConfigError(f"{where}.{name}: expected a folder path, got {path!r}")
             items.append((check_name(str(name), where), path))
     elif isinstance(value, (list, tuple)):
-        items = [parse_named(v, where) for v in value]
+        items = [parse_named(v, where, file) for v in value]
     else:
         raise ConfigError(f"{where}: expected a mapping NAME: PATH or a list of NAME=PATH, got {value!r}")
     for name, path in items:
