@@ -220,6 +220,18 @@ def test_new_data_on_purpose_continues_from_its_start(env, tmp_path):
     assert state["data"]["sources"][0]["rows"] == 5
 
 
+@pytest.mark.parametrize("mode", ["tokens", "bucketed"])
+def test_new_data_may_change_the_mixing_mode(env, tmp_path, mode):
+    """The mode-change refusal names checkpointing.new_data as the way out, so new_data
+    resumes a rows-mode checkpoint in tokens/bucketed mode (it used to be refused)."""
+    out = _copy_run(env, tmp_path)
+    summary = _train(_resume_cfg(env, out, data=env["small"], checkpointing__new_data=True, data__mixing=mode))
+    assert summary["steps"] == 6 and summary["data_mixing"]["mode"] == mode
+    state = json.loads((out / "checkpoints" / "step-6" / "trainer_state.json").read_text())
+    assert state["sampler"]["mixing"] == mode and "new_data" not in state["sampler"]
+    assert sum(s["rows"] for s in state["sampler"]["sources"]) == 2 * 2  # 2 steps x 2 rows from the new start
+
+
 # ------------------------------------------------------------------ 6. one line, not a traceback
 
 def test_trainer_state_without_sampler_is_one_line(env, tmp_path):

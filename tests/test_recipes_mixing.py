@@ -175,3 +175,42 @@ def test_training_stops_on_used_up_source_with_checkpoint(sft):
     assert abs(rep[small.name]["share"] - 0.75) < 0.02
     logged = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert any(f"data/{small.name}/share" in m for m in logged)
+
+
+@pytest.mark.parametrize("mode", mixing.MIXING_MODES)
+def test_new_data_resume_restarts_every_mode(sft, mode):
+    """checkpointing.new_data hands the sampler {"epoch": 0, "position": 0, "new_data":
+    True}: every mode starts afresh (it used to be refused as a rows-mode checkpoint in
+    tokens/bucketed mode, although the refusal names new_data as the way out)."""
+
+    fresh = _sampler(sft["folders"], [1.0, 2.0, 1.0], mode=mode)
+    want = [fresh.next_batch() for _ in range(5)]
+    s = _sampler(sft["folders"], [1.0, 2.0, 1.0], mode=mode)
+    s.load_state_dict({"epoch": 0, "position": 0, "new_data": True})
+    assert [s.next_batch() for _ in range(5)] == want
+    other = "rows" if mode != "rows" else "tokens"
+    with pytest.raises(ConfigError, match=f"data.mixing={other}"):  # without new_data: still refused
+        _sampler(sft["folders"], [1.0, 2.0, 1.0], mode=mode).load_state_dict(
+            json.loads(json.dumps(_sampler(sft["folders"], [1.0, 2.0, 1.0], mode=other).state_dict())))
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_weight_is_a_config_error(sft, weight):
+    with pytest.raises(ConfigError, match="data weights must be > 0 and finite"):
+        _sampler(sft["folders"][:2], [1.0, weight])
+
+
+def test_bucketed_repeat_false_reports_the_first_epoch(sft):
+    """Stopping at the end of the only epoch reports epoch 1, not a pass never begun."""
+    s = _sampler(sft["folders"], [1.0, 1.0, 1.0], mode="bucketed", repeat=False)
+    with pytest.raises(mixing.DataExhausted):
+        for _ in range(10_000):
+            s.next_batch()
+    assert {r["epochs"] for r in s.report().values()} == {1}
+    r = _sampler(sft["folders"], [1.0, 1.0, 1.0], mode="rows")
+    per = r.batches_per_epoch()
+    for _ in range(per):
+        r.next_batch()
+    assert {v["epochs"] for v in r.report().values()} == {1}
+    r.next_batch()
+    assert {v["epochs"] for v in r.report().values()} == {2}

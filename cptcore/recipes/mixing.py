@@ -41,6 +41,7 @@ per-source cursors ``sources: [{tokens, rows, epochs, cursor}]``; resume is exac
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, CptError, DataError
@@ -159,12 +160,16 @@ class RowsSampler(MixedSampler):
     def load_state_dict(self, state: dict) -> None:
         _check_mode(state, self.mode)
         super().load_state_dict(state)
+        if state.get("new_data"):  # checkpointing.new_data: the tallies count from here
+            return
         self.tally.load(state.get("sources"))
 
 
     def report(self) -> dict[str, dict[str, Any]]:
-        """Realised shares (:meth:`_Tally.report`); ``epochs`` is the pass over the plan."""
-        return {n: {**r, "epochs": self.epoch + 1} for n, r in self.tally.report().items()}
+        """Realised shares (:meth:`_Tally.report`); ``epochs`` is the pass over the plan
+        the last row drawn came from (at an epoch's end the next pass has not begun)."""
+        drawn = self.epoch + 1 if self.position or not self.epoch else self.epoch
+        return {n: {**r, "epochs": drawn} for n, r in self.tally.report().items()}
 
 
 class BucketedSampler(RowsSampler):
@@ -295,6 +300,8 @@ class TokenMixSampler:
                 sources than the checkpoint's.
         """
         _check_mode(state, self.mode)
+        if state.get("new_data"):  # checkpointing.new_data: this run's data from its beginning
+            return
         for key, mine in (("dp_size", self.dp_size), ("micro_batch_size", self.mbs), ("seed", self.seed)):
             if key in state and state[key] != mine:
                 raise ConfigError(f"cannot resume exactly: checkpoint has {key}={state[key]}, this run has {mine}")
@@ -309,7 +316,7 @@ class TokenMixSampler:
 
 def _check_mode(state: dict, mode: str) -> None:
     saved = state.get("mixing", "rows")
-    if state and saved != mode:
+    if state and not state.get("new_data") and saved != mode:
         raise ConfigError(f"cannot resume exactly: checkpoint was trained with data.mixing={saved}, "
                           f"this run has {mode} (use checkpointing.new_data to restart the data order)")
 
@@ -321,12 +328,17 @@ def make_sampler(data: MixedDataset, datasets: Sequence[Any], paths: Sequence[An
     ``shuffle`` read from it; ``repeats`` per source from ``PATH:WEIGHT:norepeat``).
 
     Raises:
-        ConfigError: unknown mode; repeat false with ``rows`` mixing.
+        ConfigError: unknown mode; a weight that is not > 0 and finite;
+            repeat false with ``rows`` mixing.
         DataError: ``tokens`` mixing over a source without label tokens.
     """
+
     mode = getattr(data_config, "mixing", "rows")
     if mode not in MIXING_MODES:
         raise ConfigError(f"data.mixing must be one of {', '.join(MIXING_MODES)}, got {mode!r}")
+    bad = [(str(p), w) for p, w in zip(paths, data.weights) if not (w > 0 and math.isfinite(w))]
+    if bad:
+        raise ConfigError(f"data weights must be > 0 and finite, got {bad[0][1]} for {bad[0][0]}")
     repeat = [bool(getattr(data_config, "repeat", True)) and r for r in repeats]
     tally = _Tally(source_names(paths), data.weights, [row_token_counts(d) for d in datasets])
     shuffle = bool(getattr(data_config, "shuffle", True))

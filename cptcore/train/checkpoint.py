@@ -395,7 +395,8 @@ def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, sched
     (:func:`cptcore.compat.safe_load.apply`).
 
     With ``new_data`` (``checkpointing.new_data``: the training data changed on purpose)
-    the returned ``sampler`` entry is ``{"epoch": 0, "position": 0}``: the new data is
+    the returned ``sampler`` entry is ``{"epoch": 0, "position": 0, "new_data": True}``
+    (every ``data.mixing`` sampler starts afresh from it, whatever mode saved): the new data is
     read from its beginning while step, optimizer, LR schedule and RNG continue.
 
     Raises:
@@ -413,7 +414,7 @@ def load_checkpoint(path: Path, strategy: Any, model: Any, optimizer: Any, sched
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CptError(f"{rng_file}: corrupt RNG state ({type(exc).__name__}: {exc})") from exc
     if new_data:
-        state = dict(state, sampler={"epoch": 0, "position": 0})
+        state = dict(state, sampler={"epoch": 0, "position": 0, "new_data": True})
     return state
 
 
