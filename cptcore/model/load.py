@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import ConfigError, CptError
 from ..assets import cache_dir
 from ..train.integrity import inside
-from .gguf import import_gguf
+from . import gguf as gguf_module  # looked up at call time (tests patch gguf.import_gguf)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -76,7 +76,7 @@ def resolve_hf_folder(path: str) -> Path:
     with FileLock(str(out) + ".lock"):
         if not (out / "config.json").is_file() or not (out / "tokenizer.json").is_file():
             print(f"cptcore: importing {p.name} into {out} (once)", file=sys.stderr)
-            import_gguf(p, out, overwrite=True)
+            gguf_module.import_gguf(p, out, overwrite=True)
     return out
 
 

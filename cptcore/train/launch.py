@@ -17,7 +17,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .. import __version__
+import cptcore  # cptcore.__version__ read at call time (a plugin may skew it on one rank: tested)
 from ..errors import ConfigError, CptError
 from .lifetime import LAUNCHER_PID_ENV
 from .rendezvous import report_failure, roll_call
@@ -108,7 +108,7 @@ def plugin_fingerprint(pm: CptPluginManager) -> str:
     )
     payload = {
         "plugins": plugins,
-        "versions": [__version__, torch.__version__, colossalai.__version__, transformers.__version__],
+        "versions": [cptcore.__version__, torch.__version__, colossalai.__version__, transformers.__version__],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

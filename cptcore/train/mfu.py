@@ -93,8 +93,11 @@ def measure_cpu_peak(dtype: str = "fp32", size: int = 512, repeats: int = 5) -> 
     import torch
 
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a = torch.randn(size, size).to(dt)
-    b = torch.randn(size, size).to(dt)
+    # a private generator: the probe runs after a resume restored the global RNG, so drawing
+    # from it would change every later random number (NEFTune noise) and break exact resume
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(dt)
+    b = torch.randn(size, size, generator=gen).to(dt)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
