@@ -104,6 +104,22 @@ def test_token_budget_uses_the_stage_batch(env, tmp_path):
     assert recipe.stages[1].plan.config.training.out_dir == str(tmp_path / "out" / "stages" / "b")
 
 
+def test_fresh_precheck_accepts_the_empty_stage_folders_another_rank_created(env, tmp_path):
+    """Under ``--nproc-per-node`` every rank prechecks: rank 0's precheck creates the (empty)
+    stage folders, which must not make rank 1 refuse the fresh run; a started stage
+    (its ``stage.json``) still is refused."""
+    from cptcore.recipes.stages import precheck_stages
+
+    stages = [{"name": "a", "budget": {"steps": 1}}, {"name": "b", "budget": {"steps": 1}}]
+    out = tmp_path / "out"
+    precheck_stages(_cfg(env, out, stages), _pm())  # "rank 0"
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["a", "b"]
+    precheck_stages(_cfg(env, out, stages), _pm())  # "rank 1": the same fresh run
+    (out / "stages" / "a" / "stage.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"already holds a staged run"):
+        precheck_stages(_cfg(env, out, stages), _pm())
+
+
 def _check_new_rows(before: dict, after: dict, n: int, tied: bool) -> None:
     emb = ["model.embed_tokens.weight"] + ([] if tied else ["lm_head.weight"])
     assert set(after) == set(before)

@@ -1,6 +1,6 @@
 """kill -9 in a staged run (at the boundary, then inside stage 2) and ``--resume auto``
-give final weights and logged losses bitwise equal to the uninterrupted run (ddp, 1
-process; real subprocesses, so ``slow``)."""
+give final weights and logged losses bitwise equal to the uninterrupted run: ddp, 1
+process, and zero2 on 2 CPU ranks (``--nproc-per-node 2``); real subprocesses, so ``slow``."""
 
 from __future__ import annotations
 
@@ -108,3 +108,63 @@ def test_kill_at_boundary_and_in_stage_two_resumes_bit_identically(tmp_path, smo
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((cut / "summary.json").read_text())
     assert [(s["name"], s["steps"]) for s in summary["stages"]] == [("a", 2), ("b", 5)]
+
+
+def _cpt_run(args, timeout=300):
+    """``_cpt`` with its own process group, killed whole on a timeout (no rank left behind)."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        e.pop(k, None)
+    proc = subprocess.Popen([sys.executable, "-m", "cptcore.cli.main", *args], cwd=REPO, env=e, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_zero2_two_ranks_killed_in_stage_two_resumes_bit_identically(tmp_path, smollm2_tokenizer_dir):
+    """The same recipe (stage b cut to 3 steps) under ``--nproc-per-node 2 --strategy zero2``
+    (bf16, sharded optimizer state): rank 0 SIGKILLs itself at stage b step 3 (after b's
+    step-2 checkpoint), the launcher takes rank 1 down; ``--resume auto`` then equals the
+    uninterrupted 2-rank run bit for bit (weights, losses, lr, grad norms)."""
+    from safetensors.torch import load_file
+
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join((DATA / "zh_poetry_sample.jsonl").read_text(encoding="utf-8").splitlines()[:2]) + "\n",
+                     encoding="utf-8")
+    model = tiny_model(tmp_path / "model", smollm2_tokenizer_dir)
+    data = prepare(tmp_path / "train", smollm2_tokenizer_dir, [str(small)], max_length=64)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    two = ["--nproc-per-node", "2", "--strategy", "zero2", "--set", "strategy.precision=bf16"]
+
+    def launch(name, *extra, **env):
+        recipe = _recipe(model, data, tmp_path / name)
+        recipe["stages"][1]["budget"]["steps"] = 3
+        recipe["logging"]["loggers"] = ["jsonl", "stagekiller"]
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+        os.environ.update(env)
+        try:
+            return _cpt_run(["--plugin", str(killer), "train", "--config", str(tmp_path / f"{name}.yaml"), *two, *extra])
+        finally:
+            for k in env:
+                os.environ.pop(k)
+
+    ref = launch("ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    cut = tmp_path / "cut"
+    first = launch("cut", CPT_TEST_KILL_STAGE="b", CPT_TEST_KILL_AT="3")
+    assert first.returncode != 0, first.stderr[-2000:]
+    assert not (cut / "final").exists()
+    assert sorted(p.name for p in (cut / "stages" / "b" / "checkpoints").iterdir()) == ["step-2"]
+    second = launch("cut", "--resume", "auto")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "stages/b/checkpoints/step-2" in second.stderr
+    assert _losses(cut) == _losses(tmp_path / "ref")
+    a, b = load_file(tmp_path / "ref" / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((cut / "summary.json").read_text())
+    assert [(s["name"], s["steps"]) for s in summary["stages"]] == [("a", 2), ("b", 3)]

@@ -274,6 +274,24 @@ def _refuse_changed(name: str, out: Path, finished: bool) -> ConfigError:
                        "after it to redo them)")
 
 
+def _started_stages(out: Path) -> bool:
+    """Whether ``OUT/stages/`` holds a started stage (its ``stage.json``, or what
+    :func:`check_fresh_out` refuses). Not an empty stage folder: every rank's precheck
+    creates those (``ensure_writable``), so under ``--nproc-per-node`` rank 0's would
+    otherwise make rank 1 refuse a fresh run."""
+    stages = out / "stages"
+    if not stages.is_dir():
+        return False
+    for p in stages.iterdir():
+        if not p.is_dir() or (p / STAGE_FILE).exists():
+            return True
+        try:
+            check_fresh_out(p)
+        except ConfigError:
+            return True
+    return False
+
+
 def precheck_stages(config: RunConfig, pm: "CptPluginManager", world_size: int | None = None, *,
                     dry_run: bool = False) -> RecipePlan:
     """Validate every stage (shape, overrides, trainable set, budget) and plan the run:
@@ -298,7 +316,7 @@ def precheck_stages(config: RunConfig, pm: "CptPluginManager", world_size: int |
     names = [n for n, _ in entries]
     if resume is None:
         check_fresh_out(out)
-        if (out / "stages").is_dir() and any((out / "stages").iterdir()):
+        if _started_stages(out):
             raise ConfigError(f"{out} already holds a staged run ({out / 'stages'}): continue it with --resume auto, "
                               "or choose another --out")
     elif (out / "stages").is_dir():
