@@ -353,23 +353,14 @@ def make_sampler(data: MixedDataset, datasets: Sequence[Any], paths: Sequence[An
                            buckets=int(getattr(data_config, "buckets", 10)))
 
 
-def mixing_summary(summary: dict[str, Any], sampler: Any, stopped: str | None, out: Any = None) -> dict[str, Any]:
-    """``summary`` plus ``data_mixing: {mode, sources: {NAME: {tokens, rows, share,
-    target, epochs}}}`` and ``stopped`` (the reason a used-up source ended the run, or
-    None); with ``out`` (rank 0) ``OUT/summary.json`` is rewritten and the shares are
-    logged, one line per source."""
-    import json
-    from pathlib import Path
-
-    summary = dict(summary)
-    summary["stopped"] = stopped
+def mixing_fields(sampler: Any, stopped: str | None) -> dict[str, Any]:
+    """The summary's mixing keys: ``stopped`` (the reason a used-up source or a budget
+    ended the run, or None) and, for the mixing samplers, ``data_mixing: {mode, sources:
+    {NAME: {tokens, rows, share, target, epochs}}}``."""
+    fields: dict[str, Any] = {"stopped": stopped}
     if hasattr(sampler, "report"):
-        summary["data_mixing"] = {"mode": sampler.mode, "sources": sampler.report()}
-    if out is not None:
-        (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        for line in format_shares(summary.get("data_mixing", {}).get("sources", {})):
-            log(f"data: {line}")
-    return summary
+        fields["data_mixing"] = {"mode": sampler.mode, "sources": sampler.report()}
+    return fields
 
 
 def format_shares(report: dict[str, dict[str, Any]]) -> list[str]:

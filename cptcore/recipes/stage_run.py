@@ -4,7 +4,7 @@ carried through each stage's ``final/``, one summary.
 Outputs (``OUT = training.out_dir``)::
 
     config.yaml                 the run config with its stages
-    baseline.json               eval sets scored before stage 1 trains (when data.eval is set)
+    baseline.json               eval sets as stage 1 scored them at its step 0 (when data.eval is set)
     stages/NAME/stage.json      {name, index, recipe_sha256}, written when the stage starts
     stages/NAME/...             the stage's Trainer outputs: config.yaml, logs/, checkpoints/,
                                 final/, summary.json (its presence marks the stage finished)
@@ -103,22 +103,11 @@ def publish_final(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=_link_or_copy)
 
 
-def baseline_eval(trainer: Any, stage: StagePlan, out: Path) -> dict:
-    """Eval sets scored before stage 1 trains, saved in ``OUT/baseline.json`` (read back
-    on resume). Seam for ledger2's step-0 baseline in the Trainer: when the Trainer
-    scores step 0 itself, pass that result on here instead of scoring again."""
+def read_baseline(out: Path) -> dict:
+    """``OUT/baseline.json``: the eval sets as stage 1's Trainer scored them at its step 0
+    (``{NAME: {loss, perplexity, bpb, tokens, ...}}``; ``{}`` before that)."""
     f = out / BASELINE
-    if f.is_file():
-        return json.loads(f.read_text(encoding="utf-8"))
-    if stage.index != 0 or stage.plan is None or stage.plan.resume is not None or not trainer.eval_sets:
-        return {}
-    metrics = trainer.evaluate()
-    names = list(trainer.eval_sets)
-    doc = {name: {k: metrics[f"eval/{name}/{k}"] for k in ("loss", "perplexity", "bpb", "tokens")
-                  if f"eval/{name}/{k}" in metrics} for name in names}
-    if _rank() == 0:
-        f.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    return doc
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
 
 
 def run_recipe(recipe: RecipePlan, pm: "CptPluginManager") -> dict[str, Any]:
@@ -140,16 +129,20 @@ def run_recipe(recipe: RecipePlan, pm: "CptPluginManager") -> dict[str, Any]:
             if _rank() == 0:
                 stage.out.mkdir(parents=True, exist_ok=True)
                 (stage.out / STAGE_FILE).write_text(json.dumps(stage.record, indent=2), encoding="utf-8")
-            trainer = Trainer(plan, pm).setup()
+            # stage 1's Trainer scores the eval sets at its step 0 (the baseline, also kept in its
+            # checkpoints); every later stage is handed it: bpb_delta and budgets against it, no rescoring
+            baseline = baseline or read_baseline(out)
+            trainer = Trainer(plan, pm, baseline=baseline or None).setup()
             trainer.state.stage = stage.record  # recorded in every checkpoint of the stage
-            baseline = baseline or baseline_eval(trainer, stage, out)
-            trainer.baseline = baseline or None  # every stage measures bpb_delta/budgets against it; no rescoring
             last_summary = trainer.fit()
+            if not baseline and trainer.baseline:
+                baseline = {name: dict(v) for name, v in trainer.baseline.items()}
+                if _rank() == 0:
+                    (out / BASELINE).write_text(json.dumps(baseline, indent=2), encoding="utf-8")
             _barrier()  # rank 0 has exported final/, which the next stage loads
         entries.append(stage_entry(stage, last_summary))
         previous = stage.out / "final"
-    if not baseline and (out / BASELINE).is_file():
-        baseline = json.loads((out / BASELINE).read_text(encoding="utf-8"))
+    baseline = baseline or read_baseline(out)
     summary = {
         "stages": entries, "baseline_eval": baseline,
         "steps": sum(e["steps"] or 0 for e in entries), "tokens_trained": sum(e["tokens"] or 0 for e in entries),

@@ -44,7 +44,7 @@ from ..eval.bpb import eval_metrics
 from ..eval.bpb import result as bpb_result
 from ..eval import ledger_train
 from ..eval.prepared import evaluate_prepared
-from ..recipes.mixing import DataExhausted, mixing_summary
+from ..recipes.mixing import DataExhausted, format_shares, mixing_fields
 from ..registries import call_provider
 from . import build
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -101,6 +101,8 @@ class Trainer:
         self.mc_sets: dict[str, Callable[[], dict]] = {}  # name -> f() -> {eval/NAME/acc, ...} (data.eval_mc)
         self.baseline = baseline
         self.ledger: Any = None
+        self.mfu: Any = None  # cptcore.train.mfu.Meter of the run (fit); None: no known peak
+        self.flops_done = 0.0  # model FLOPs of the steps fit() ran
         self.strategy: "Strategy" = None  # type: ignore[assignment]
         self.model: Any = None
         self.hf_model: Any = None
@@ -450,11 +452,11 @@ class Trainer:
         final_dir = self.export()
         if self.noise is not None:
             self.noise.remove()
-        summary = self.summary(t0, start_time, step_time, tokens_at_start, metrics, eval_metrics, final_dir)
-        return mixing_summary(summary, self.sampler, stopped, self.out if rank() == 0 else None)
+        return self.summary(t0, start_time, step_time, tokens_at_start, metrics, eval_metrics, final_dir, stopped)
 
     def summary(self, t0: float, start_time: float, step_time: float, tokens_at_start: int,
-                metrics: Mapping[str, Any], eval_metrics: Mapping[str, Any], final_dir: Path) -> dict[str, Any]:
+                metrics: Mapping[str, Any], eval_metrics: Mapping[str, Any], final_dir: Path,
+                stopped: str | None = None) -> dict[str, Any]:
         """The run's summary dict, written to ``OUT/summary.json`` by rank 0."""
         wall = time.time() - t0
         this_run = self.state.tokens_seen - tokens_at_start
@@ -468,7 +470,7 @@ class Trainer:
             "step_time_s": round(step_time, 3),
             "tokens_per_second": this_run / step_time if step_time > 0 else 0.0,  # training steps only
             "wall_tokens_per_second": this_run / wall if wall > 0 else 0.0,  # setup, eval, checkpoints, export too
-            "mfu": mean_mfu(getattr(self, "mfu", None), getattr(self, "flops_done", 0.0), step_time),  # steps only
+            "mfu": mean_mfu(self.mfu, self.flops_done, step_time),  # steps only
             "final_loss": metrics.get("loss"),
             "final_eval_loss": eval_metrics.get("eval_loss"),
             "final_eval_perplexity": eval_metrics.get("eval_perplexity"),
@@ -477,8 +479,11 @@ class Trainer:
                                   "acc") if f"eval/{name}/{k}" in eval_metrics} for name in (*self.eval_sets, *self.mc_sets)},
             "world_size": self.plan.world_size, "strategy": self.strategy.name, "final_dir": str(final_dir),
             "ledger": ledger_train.finish(self, rank()),
+            **mixing_fields(self.sampler, stopped),  # stopped, data_mixing (cptcore.recipes.mixing)
         }
         if rank() == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
             log(f"done: {self.state.step} steps, final loss {summary['final_loss']}, export in {final_dir}")
+            for line in format_shares(summary.get("data_mixing", {}).get("sources", {})):
+                log(f"data: {line}")
         return summary
