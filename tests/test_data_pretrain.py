@@ -401,3 +401,27 @@ def test_progress_bar_reports_bytes_documents_and_throughput(cpt_pm, mistral_tok
     size_kb = (data_dir / "zh_poetry_sample.jsonl").stat().st_size / 1000
     assert "prepare pretrain" in err and "467 docs" in err and "tok/s" in err
     assert f"{size_kb:.1f}/{size_kb:.1f} kB" in err  # every byte accounted for
+
+
+def test_console_script_prepares_without_torch_and_writes_the_same_rows(cpt_pm, smollm2_tokenizer_dir, tmp_path):
+    """`cpt prepare` (the console script) keeps transformers from importing torch (USE_TORCH=0,
+    cptcore/cli/main.py) in the driver and its workers; the rows equal the in-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).parent / "data" / "zh_poetry_sample.jsonl"
+    probe = ("import atexit, sys; from cptcore.cli.main import main; "
+             "atexit.register(lambda: print('TORCH', 'torch' in sys.modules, os.environ.get('USE_TORCH'))); import os; "
+             "sys.argv = ['cpt', *sys.argv[1:]]; main()")
+    env = {k: v for k, v in os.environ.items() if k != "USE_TORCH"}
+    proc = subprocess.run([sys.executable, "-c", probe, "prepare", "pretrain", "--tokenizer", str(smollm2_tokenizer_dir),
+                           "--input", str(src), "--out", str(tmp_path / "cli"), "--max-length", "64", "--num-proc", "2",
+                           "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TORCH False 0" in proc.stdout
+    run(cpt_pm, smollm2_tokenizer_dir, [src], tmp_path / "lib", max_length=64, num_proc=2)
+    import torch  # noqa: F401  (the in-process run had torch, as a library caller does)
+
+    cli, lib = load(tmp_path / "cli"), load(tmp_path / "lib")
+    assert len(cli) > 0 and cli["input_ids"] == lib["input_ids"] and cli["labels"] == lib["labels"]
