@@ -76,7 +76,7 @@ def test_planted_documents_are_removed_under_their_reason(planted, cleaned):
     kept_ids = [r["id"] for r in kept]
     assert kept == [r for r in records if r["id"] in set(kept_ids)]
     # every removed exact/near duplicate names an earlier kept document
-    assert all(r["detail"].startswith(("same normalised text as document #", "near duplicate of document #")) for r in removed if r["reason"] in ("exact", "near"))
+    assert all(r["detail"].startswith(("same normalised text (as document #", "near duplicate (of document #")) for r in removed if r["reason"] in ("exact", "near"))
 
 
 def test_stats_account_for_every_document_and_card_shows_examples(planted, cleaned):
@@ -91,6 +91,9 @@ def test_stats_account_for_every_document_and_card_shows_examples(planted, clean
     assert stats["filters"] == ["language", "decontaminate", "quality", "exact", "near"]
     assert stats["options"]["near"] == {"threshold": 0.8, "num_perm": 128, "ngram": 5}
     assert stats["removed_by_rule"]["language: detected en"] >= 13
+    # a rule is the detail without its per-document part: one rule per dedup filter
+    assert {k: v for k, v in stats["removed_by_rule"].items() if k.startswith(("exact:", "near:"))} == {
+        "exact: same normalised text": d["removed"]["exact"], "near: near duplicate": d["removed"]["near"]}
     assert inp["shards"] == len(list((out / "state").glob("part-*.json"))) == -(-d["in"] // 100)
     card = (out / "card.md").read_text(encoding="utf-8")
     assert stats["command"] in card or "(called from Python)" in card
@@ -170,6 +173,36 @@ def test_plugin_filter_through_cpt_register_filters(planted, tmp_path, cpt_cli):
     code, output = cpt_cli("filters", "--json", pm=pm)
     names = [r["name"] for r in json.loads(output)]
     assert code == 0 and names == sorted(names) and {"exact", "near", "language", "quality", "repetition", "decontaminate", "no_first"} <= set(names)
+
+
+def test_rules_per_filter_are_bounded_whatever_the_filter_reports(planted, tmp_path):
+    """A filter whose rule differs per document (against the "RULE (detail)" convention)
+    gets RULES_PER_REASON rules and one "other rules" count, in the markers and merged."""
+    from cptcore import hookimpl, make_plugin_manager
+    from cptcore.clean.pipeline import CleanArgs, clean
+    from cptcore.clean.report import OTHER_RULES, RULES_PER_REASON
+    from cptcore.specs import FilterSpec
+
+    class EveryOne:
+        def check(self, text):
+            return f"document of {len(text)} characters"
+
+    class Plugin:
+        @hookimpl
+        def cpt_register_filters(self):
+            return [FilterSpec(name="all", make=lambda options, context: EveryOne())]
+
+    pm = make_plugin_manager(entrypoints=False)
+    pm.register_from(Plugin(), "test_filters", "extra")
+    corpus, _, _ = planted
+    stats = clean(pm, CleanArgs(inputs=(str(corpus),), out=str(tmp_path / "o"), filters=("all",), shard_docs=40))
+    n = stats["documents"]["in"]
+    lengths = {len(json.loads(line)["text"]) for line in corpus.read_text(encoding="utf-8").splitlines()}
+    assert stats["documents"]["removed"] == {"all": n} and len(lengths) > RULES_PER_REASON + 10
+    rules = stats["removed_by_rule"]
+    assert len(rules) == RULES_PER_REASON + 1 and sum(rules.values()) == n and rules[f"all: {OTHER_RULES}"] > 0
+    for marker in (tmp_path / "o" / "state").glob("part-*.json"):
+        assert len(json.loads(marker.read_text(encoding="utf-8"))["rules"]) <= RULES_PER_REASON + 1
 
 
 def test_bad_options_and_inputs_are_one_line_errors(planted, tmp_path, cpt_pm):

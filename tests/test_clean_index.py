@@ -42,7 +42,7 @@ def test_near_index_decides_as_datasketch_minhashlsh(tmp_path):
         m = LeanMinHash(seed=0, hashvalues=sig, scheme="affine32")
         hits = lsh.query(m)
         if hits:
-            want.append(f"near duplicate of document #{min(hits)}")
+            want.append(f"near duplicate (of document #{min(hits)})")
         else:
             lsh.insert(key, m, check_duplication=False)
             want.append(None)

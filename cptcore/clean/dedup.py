@@ -101,7 +101,7 @@ class ExactDedup(_Indexed):
     def check(self, sig: np.ndarray, key: int) -> str | None:
         first = self.first(sig)
         if first is not None:
-            return f"same normalised text as document #{first}"
+            return f"same normalised text (as document #{first})"
         self.add(sig, key)
         return None
 
@@ -169,6 +169,6 @@ class NearDedup(_Indexed):
     def check(self, sig: np.ndarray, key: int) -> str | None:
         first = self.first(sig)
         if first is not None:
-            return f"near duplicate of document #{first}"
+            return f"near duplicate (of document #{first})"
         self.add(sig, key)
         return None

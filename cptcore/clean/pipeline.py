@@ -29,6 +29,7 @@ from ..data.executors import check_executor, make_executor
 from ..data.stats import Progress, reason_key
 from ..errors import ConfigError, DataError
 from .filters import DEFAULT_FILTERS, FilterContext, build_chain, clean_shard
+from .report import StatsMerger, count_rule, write_card
 from .shards import read_signatures, write_json, write_jsonl, write_signatures
 
 STATE_VERSION = 1
@@ -241,7 +242,7 @@ class _Run:
                 continue
             reason, detail = verdict
             removed[reason] += 1
-            rules[f"{reason}: {reason_key(detail)}"] += 1
+            count_rule(rules, reason, reason_key(detail))
             source = _where(rec)
             ex = examples.setdefault(reason, [])
             if len(ex) < args.examples:
@@ -282,8 +283,6 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
         DataError: bad input with ``on_error="stop"`` (``file:line: problem``), bad
             evaluation file.
     """
-    from .report import StatsMerger, write_card
-
     _validate(args)
     check_executor(pm, args.executor, args.ray_address)
     t0 = time.perf_counter()

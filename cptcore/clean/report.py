@@ -8,6 +8,25 @@ from typing import Any
 
 from .. import __version__
 
+#: Distinct rules counted per reason (filter); further ones are added up under
+#: ``"REASON: other rules"``. A rule is the removal detail without its bracketed part
+#: (``"RULE (detail)"``, :class:`cptcore.specs.FilterSpec`); a filter whose rules carry
+#: per-document text (a document number, a score) would otherwise grow the counters,
+#: the shard markers and stats.json with every document it removes.
+RULES_PER_REASON = 64
+OTHER_RULES = "other rules"
+
+
+def count_rule(rules: collections.Counter, reason: str, rule: str, n: int = 1) -> None:
+    """Add ``n`` removals under ``"REASON: RULE"`` in ``rules``, or under
+    ``"REASON: other rules"`` once ``reason`` has :data:`RULES_PER_REASON` rules."""
+    key = f"{reason}: {rule}"
+    if key not in rules and rule != OTHER_RULES:
+        prefix = reason + ": "
+        if sum(1 for k in rules if k.startswith(prefix) and k != prefix + OTHER_RULES) >= RULES_PER_REASON:
+            key = prefix + OTHER_RULES
+    rules[key] += n
+
 
 class StatsMerger:
     """Adds up shard markers (:meth:`cptcore.clean.pipeline._Run.finish`) per input, in
@@ -32,7 +51,9 @@ class StatsMerger:
         self.docs[i]["in"] += m["documents"]["in"]
         self.docs[i]["kept"] += m["documents"]["kept"]
         self.removed[i].update(m["documents"]["removed"])
-        self.rules.update(m["rules"])
+        for key, n in m["rules"].items():
+            reason, rule = key.split(": ", 1)
+            count_rule(self.rules, reason, rule, n)
         self.bytes[i].update(m["bytes"])
         self.files[i].update(m["files"])
         for reason, items in m["examples"].items():
