@@ -283,10 +283,13 @@ def build_config(tree: Mapping[str, Any], sources: Mapping[str, str]) -> RunConf
     gives), ``sources`` naming where each dotted key came from (used in errors).
 
     Raises:
-        ConfigError: unknown key or wrong type, naming the key and its source.
+        ConfigError: unknown key or wrong type, naming the key and its source; an empty
+            ``stages`` list (it ran as one implicit stage, as if absent).
     """
     sources = dict(sources)
     cfg = _build(RunConfig, tree, "", sources)
+    if "stages" in tree and not cfg.stages:
+        raise ConfigError(f"{_source_of('stages', sources)}: stages is an empty list (leave the key out for one stage)")
     cfg = dataclasses.replace(cfg, sources=sources)
     budget = check_budget(cfg.eval.budget, cfg.eval.on_budget, cfg.data.eval, lambda key: _source_of(key, sources),
                           mc_sets=cfg.data.eval_mc)

@@ -168,6 +168,10 @@ def _check(options: QuickstartOptions) -> None:
     for name in ("max_steps", "micro_batch_size", "max_length", "eval_batches", "max_new_tokens"):
         if getattr(options, name) < 1:
             raise ConfigError(f"quickstart: --{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
+    if not (options.lr > 0 and math.isfinite(options.lr)):  # else refused by cpt train, after prepare and baseline
+        raise ConfigError(f"quickstart: --lr must be a positive finite number, got {options.lr}")
+    if not (options.neftune_alpha >= 0 and math.isfinite(options.neftune_alpha)):
+        raise ConfigError(f"quickstart: --neftune-alpha must be a finite number >= 0, got {options.neftune_alpha}")
     if options.model is not None and not Path(options.model).is_dir():
         raise ConfigError(f"quickstart: --model {options.model}: not a folder")
 

@@ -89,8 +89,12 @@ def _validate(args: CleanArgs) -> None:
         raise ConfigError("give at least one --input")
     if args.on_error not in ("stop", "skip"):
         raise ConfigError(f"--on-error must be stop or skip, got {args.on_error!r}")
-    if args.shard_docs < 1 or args.shard_bytes < 1:
-        raise ConfigError("--shard-docs and --shard-bytes must be >= 1")
+    if args.shard_docs < 1:
+        raise ConfigError(f"--shard-docs must be >= 1, got {args.shard_docs}")
+    if args.shard_bytes < 1:
+        raise ConfigError(f"--shard-mb must be > 0 (shard_bytes {args.shard_bytes} < 1 byte)")
+    if args.examples < 0:
+        raise ConfigError(f"--examples must be >= 0, got {args.examples}")
     if args.num_proc < 1:
         raise ConfigError(f"--num-proc must be >= 1, got {args.num_proc}")
     for spec in args.inputs:

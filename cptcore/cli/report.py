@@ -14,7 +14,7 @@ def report_command(
     run_dirs: List[Path] = typer.Argument(..., help="Training run folder(s) (the --out of cpt train), holding logs/metrics.jsonl."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default: RUN_DIR/report; several runs: the comparison goes to FIRST_RUN/report)."),
     baseline_perplexity: Optional[float] = typer.Option(
-        None, "--baseline-perplexity", help="Held-out perplexity measured before training, shown as 'before'."
+        None, "--baseline-perplexity", metavar="<float>", min=1.0, help="Held-out perplexity measured before training, shown as 'before' (>= 1: exp of a loss)."
     ),
 ) -> None:
     """Write a run's curves (PNG) and a Markdown summary under RUN_DIR/report; with

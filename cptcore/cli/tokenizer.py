@@ -20,17 +20,17 @@ def train_command(
     vocab_size: int = typer.Option(..., "--vocab-size", help="Pieces in the model (meta pieces included)."),
     out: Path = typer.Option(..., "--out", help="Output folder: tokenizer.model and train_report.json."),
     model_type: str = typer.Option("bpe", "--model-type", help="bpe (mergeable into LLaMA/Mistral), unigram, char or word."),
-    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece."),
+    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece (SentencePiece takes 0.98-1)."),
     byte_fallback: bool = typer.Option(False, "--byte-fallback/--no-byte-fallback", help="Encode unknown characters as <0x..> bytes."),
-    max_sentence_length: int = typer.Option(16384, "--max-sentence-length", help="Longest line used, in bytes (longer ones are counted and skipped)."),
+    max_sentence_length: int = typer.Option(16384, "--max-sentence-length", metavar="<int>", min=1, help="Longest line used, in bytes (longer ones are counted and skipped)."),
     input_sentence_size: int = typer.Option(
-        2_000_000, "--input-sentence-size", help="Lines sampled from the corpus for training (0 = all)."
+        2_000_000, "--input-sentence-size", metavar="<int>", min=0, help="Lines sampled from the corpus for training (0 = all)."
     ),
     shuffle: bool = typer.Option(True, "--shuffle/--no-shuffle", help="Reservoir-sample lines (else take the first ones)."),
     split_digits: bool = typer.Option(True, "--split-digits/--no-split-digits", help="Every digit is its own piece."),
     text_field: str = typer.Option("text", "--text-field", help="JSONL/JSON/Parquet field holding the text."),
-    seed: int = typer.Option(0, "--seed", help="Seed of SentencePiece's sampler."),
-    threads: int = typer.Option(2, "--threads", help="Trainer threads."),
+    seed: int = typer.Option(0, "--seed", metavar="<int>", min=0, help="Seed of SentencePiece's sampler (at most 2**32 - 1)."),
+    threads: int = typer.Option(2, "--threads", metavar="<int>", min=1, help="Trainer threads."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Train a SentencePiece model on domain text (streamed; large corpora are sampled)."""
@@ -79,13 +79,13 @@ def advise_command(
     retain: list[str] = typer.Option([], "--retain", help="Text whose tokenization must not change, NAME=FILE; repeatable."),
     sizes: str = typer.Option("1000,2000,4000,8000,16000", "--sizes", help="Domain SentencePiece vocabulary sizes to try, comma-separated."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (config.json): added parameters, memory and training cost per byte."),
-    knee_gain: float = typer.Option(0.01, "--knee-gain", help="Recommend the last size before one more 1,000 rows cuts tokens/char by less than this (relative)."),
-    heldout_every: int = typer.Option(10, "--heldout-every", help="Measure every K-th document, train on the rest (0 = measure the training text)."),
-    input_sentence_size: int = typer.Option(2_000_000, "--input-sentence-size", help="Lines SentencePiece samples for training (0 = all)."),
-    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece."),
-    threads: int = typer.Option(2, "--threads", help="SentencePiece trainer threads."),
-    seed: int = typer.Option(0, "--seed", help="Seed of SentencePiece's sampler."),
-    max_sentence_length: int = typer.Option(16384, "--max-sentence-length", help="Longest training line, in bytes (longer ones are counted and skipped)."),
+    knee_gain: float = typer.Option(0.01, "--knee-gain", help="Recommend the last size before one more 1,000 rows cuts tokens/char by less than this (relative, 0-1)."),
+    heldout_every: int = typer.Option(10, "--heldout-every", metavar="<int>", min=0, help="Measure every K-th document (K >= 2), train on the rest (0 = measure the training text)."),
+    input_sentence_size: int = typer.Option(2_000_000, "--input-sentence-size", metavar="<int>", min=0, help="Lines SentencePiece samples for training (0 = all)."),
+    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece (SentencePiece takes 0.98-1)."),
+    threads: int = typer.Option(2, "--threads", metavar="<int>", min=1, help="SentencePiece trainer threads."),
+    seed: int = typer.Option(0, "--seed", metavar="<int>", min=0, help="Seed of SentencePiece's sampler (at most 2**32 - 1)."),
+    max_sentence_length: int = typer.Option(16384, "--max-sentence-length", metavar="<int>", min=1, help="Longest training line, in bytes (longer ones are counted and skipped)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of compression against size (default: beside --json, .png)."),
 ) -> None:

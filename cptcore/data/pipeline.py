@@ -76,6 +76,8 @@ def _validate(args: PrepareArgs) -> None:
     for flag, value in (("--num-shards", args.num_shards), ("--num-proc", args.num_proc)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.seed < 0:  # numpy's default_rng takes none (a traceback after --out was replaced)
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if args.shuffle_window < 0:
         raise ConfigError(f"--shuffle-window must be >= 0 (0: keep input order), got {args.shuffle_window}")
     if not args.inputs:

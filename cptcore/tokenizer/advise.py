@@ -28,16 +28,17 @@ trained by SentencePiece at all and is reported as too small.
 
 **Held out.** Every ``heldout_every``-th document of each corpus (1-based positions
 ``k, 2k, ...``) is measured and not trained on; with ``heldout_every=0`` the corpora are
-measured on their own training text (optimistic).
+measured on their own training text (optimistic). ``heldout_every=1`` (measure every
+document, train on none) and negative values are refused.
 
 **The knee.** Over the base and the sizes in order of added rows, the marginal gain of
 step *i* is the relative fall of the domain corpora's tokens/char (all corpora together)
 per 1,000 tokens added to the vocabulary (intermediate BPE tokens included):
 ``(t[i-1] - t[i]) / t[i-1] / ((added[i] - added[i-1]) / 1000)``. The
 recommended size is the last one reached before the first step whose gain is below
-``knee_gain`` (default 1 %): one more 1,000 tokens would buy less than that. If the first
-size already gains less, the advice is not to expand; if no step falls below, the
-largest size is recommended and the report says to try larger ones.
+``knee_gain`` (default 1 %, a fraction in [0, 1]): one more 1,000 tokens would buy less
+than that. If the first size already gains less, the advice is not to expand; if no step
+falls below, the largest size is recommended and the report says to try larger ones.
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import CptError, DataError
+from ..errors import ConfigError, CptError, DataError
 from .report import read_eval_texts
 from .sources import Candidate, load_model_proto
 from .expand import _folder_specials, detect_method
 from .expand_bpe import expand_byte_level_bpe, load_byte_level_bpe
 from .expand_sp import merge_into_sentencepiece, sentencepiece_file
-from .train import TrainOptions, train_sentencepiece
+from .train import TrainOptions, check_options, train_sentencepiece
 
 DEFAULT_SIZES = (1000, 2000, 4000, 8000, 16000)
 KNEE_GAIN = 0.01
@@ -332,10 +333,19 @@ def advise(
         ``cost_vs_base``. A size too small to train has ``too_small: True`` only.
 
     Raises:
+        ConfigError: ``knee_gain`` outside [0, 1], ``heldout_every`` not 0 or >= 2, or a
+            ``train_options`` number out of range
+            (:func:`~cptcore.tokenizer.train.check_options`), before any file is read.
         CptError: no corpus, bad base, SentencePiece refusing the largest size.
         DataError: unreadable corpus or retained file.
     """
     t0 = time.perf_counter()
+    if not 0 <= knee_gain <= 1:
+        raise ConfigError(f"knee_gain (--knee-gain) must be in [0, 1] (a relative fall of tokens/char), got {knee_gain}")
+    if heldout_every < 0 or heldout_every == 1:
+        raise ConfigError(f"heldout_every (--heldout-every) must be 0 (measure the training text) or >= 2, got {heldout_every}"
+                          + (" (1 would measure every document and train on none)" if heldout_every == 1 else ""))
+    check_options(train_options or TrainOptions())
     if not corpora:
         raise CptError("give at least one --corpus NAME=FILE")
     sizes = sorted(set(sizes))

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import CptError, DataError
+from ..errors import ConfigError, CptError, DataError
 from ..model.outdir import prepare_out_dir
 from ..data import readers
 
@@ -59,6 +59,32 @@ class TrainStats:
 
 
 MODEL_TYPES = ("bpe", "unigram", "char", "word")
+#: SentencePiece's own bounds (src/trainer_interface.cc, ``TrainerInterface::VerifySpec``)
+CHARACTER_COVERAGE = (0.98, 1.0)
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1  # set_random_generator_seed takes an unsigned 32-bit int
+
+
+def check_options(options: TrainOptions) -> None:
+    """The numeric options SentencePiece would refuse only once training starts (with a
+    message naming its C++ spec, or a traceback for a negative sentence count).
+
+    Raises:
+        ConfigError: ``character_coverage`` outside [0.98, 1], ``num_threads`` outside
+            [1, 1024], ``max_sentence_length`` < 1 byte, ``input_sentence_size`` < 0 or
+            ``seed`` outside [0, 2**32 - 1] (one line naming the ``cpt tokenizer`` flag).
+    """
+    lo, hi = CHARACTER_COVERAGE
+    if not lo <= options.character_coverage <= hi:
+        raise ConfigError(f"--character-coverage must be in [{lo}, {hi}] (SentencePiece's range), got {options.character_coverage}")
+    if not 1 <= options.num_threads <= MAX_THREADS:
+        raise ConfigError(f"--threads must be in [1, {MAX_THREADS}], got {options.num_threads}")
+    if options.max_sentence_length < 1:
+        raise ConfigError(f"--max-sentence-length must be >= 1 byte, got {options.max_sentence_length}")
+    if options.input_sentence_size < 0:
+        raise ConfigError(f"--input-sentence-size must be >= 0 (0: all lines), got {options.input_sentence_size}")
+    if not 0 <= options.seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be in [0, {MAX_SEED}] (SentencePiece's unsigned 32-bit seed), got {options.seed}")
 
 
 def _documents(path: Path, text_field: str, stats: TrainStats) -> Iterator[tuple[int, str]]:
@@ -133,6 +159,7 @@ def train_sentencepiece(
         training time in seconds).
 
     Raises:
+        ConfigError: a numeric option out of range (:func:`check_options`).
         CptError: bad option (unknown model type, vocab size < 2), ``out_dir`` not empty
             without ``overwrite``, or SentencePiece refusing the data (e.g. the vocab size
             is larger than the text supports).
@@ -144,6 +171,7 @@ def train_sentencepiece(
         raise CptError(f"unknown model type {options.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     if options.vocab_size < 2:
         raise CptError(f"vocab size must be at least 2, got {options.vocab_size}")
+    check_options(options)
     if not inputs:
         raise CptError("no input files given")
     paths = [Path(p) for p in inputs]

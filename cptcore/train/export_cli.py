@@ -195,9 +195,11 @@ def generate(model_path: str, prompts: Sequence[str], max_new_tokens: int = 40, 
     for prompt, enc in zip(prompts, encoded):
         if enc["input_ids"].shape[1] == 0:
             raise ConfigError(f"--prompt {prompt!r} encodes to no token (this tokenizer adds no BOS): give some text")
+    # a pad id of 0 is a real id (`or` took it for missing and padded with EOS instead)
+    pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     outs = []
     for enc in encoded:
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:

@@ -143,7 +143,8 @@ def torchrun_argv(
 
     Raises:
         ConfigError: ``nproc_per_node < 1``, ``nnodes < 1`` or ``node_rank`` out of range,
-            several nodes without ``--master-addr``, or ``rendezvous_timeout <= 0``.
+            several nodes without ``--master-addr``, ``rendezvous_timeout <= 0``, or
+            ``master_port`` outside [1, 65535].
     """
     if nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
@@ -153,6 +154,8 @@ def torchrun_argv(
         raise ConfigError("--nnodes > 1 needs --master-addr (the address of node 0)")
     if not rendezvous_timeout > 0:
         raise ConfigError(f"--rendezvous-timeout must be > 0 seconds, got {rendezvous_timeout:g}")
+    if master_port is not None and not 1 <= master_port <= 65535:  # 0 was taken for "not given"
+        raise ConfigError(f"--master-port must be in [1, 65535], got {master_port}")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
            f"--nnodes={nnodes}", f"--node-rank={node_rank}",
            f"--master-addr={master_addr or '127.0.0.1'}",

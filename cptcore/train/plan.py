@@ -149,6 +149,9 @@ def layout_for(name: str, options: Any, world: int) -> Layout:
     return make_layout(name, world, tp=tp, pp=pp, sp=sp, sp_mode=mode)
 
 
+MAX_SEED = 2**32 - 1  # numpy.random.seed takes [0, 2**32 - 1] (cptcore.train.trainer seeds it)
+
+
 def check_numbers(config: RunConfig) -> None:
     """Steps, batch, cadence, freeze, schedule, optimizer and precision values.
 
@@ -162,6 +165,8 @@ def check_numbers(config: RunConfig) -> None:
             raise ConfigError(f"training.{key} has an invalid value {getattr(t, key)}")
     if config.checkpointing.save_every < 0:
         raise ConfigError("checkpointing.save_every must be >= 0")
+    if not 0 <= t.seed <= MAX_SEED:  # np.random.seed's range (a traceback in the Trainer before)
+        raise ConfigError(f"training.seed must be in [0, {MAX_SEED}], got {t.seed}")
     if t.freeze not in FREEZE_CHOICES:
         raise ConfigError(f"training.freeze: unknown '{t.freeze}' (valid: {', '.join(FREEZE_CHOICES)})")
     if config.lora.enabled and t.freeze != "none":
