@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -81,8 +82,20 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     doc = {"benchmark": name, "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **payload}
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(_finite(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     return out
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (JSON has no NaN: Python writes a bare
+    ``NaN`` that strict parsers refuse; a diverged run's losses are null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -27,11 +27,12 @@ def test_machine_facts_name_cores_ram_and_versions(tmp_path, monkeypatch):
     finally:
         sys.path.remove(str(BENCH))
     monkeypatch.setattr(_machine, "RESULTS", tmp_path)
-    out = _machine.write_result("demo", {"ratio": 1.0})
+    out = _machine.write_result("demo", {"ratio": 1.0, "diverged": {"losses": [2.5, float("nan")], "peak": float("inf")}})
     import json
 
-    doc = json.loads(out.read_text())
+    doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert doc["benchmark"] == "demo" and doc["ratio"] == 1.0
+    assert doc["diverged"] == {"losses": [2.5, None], "peak": None}
     m = doc["machine"]
     assert m["cpu_cores"] >= 1 and m["cpu_model"]
     assert m["versions"]["cptcore"] and m["versions"]["torch"]
