@@ -73,7 +73,6 @@ def test_out_of_range_number_is_a_one_line_usage_error(args, flag, capsys, tmp_p
     # old: silently 1-byte shards (one document each) / a traceback / no examples
     ([*CLEAN, "--shard-mb", "-1"], "--shard-mb must be > 0 (shard_bytes -1048576 < 1 byte)"),
     ([*CLEAN, "--shard-mb", "0"], "--shard-mb must be > 0 (shard_bytes 0 < 1 byte)"),
-    ([*CLEAN, "--shard-mb", "nan"], "--shard-mb must be a finite number > 0, got nan"),
     ([*CLEAN, "--examples", "-1"], "--examples must be >= 0, got -1"),
 ])
 def test_out_of_range_number_checked_by_the_library_is_one_line_before_any_work(args, message, capsys, tmp_path,
@@ -206,3 +205,44 @@ def test_seeds_out_of_numpy_range_are_refused_by_the_checks(tmp_path, smollm2_to
     with pytest.raises(ConfigError, match=r"^--seed must be >= 0, got -1$"):
         prepare(make_plugin_manager(entrypoints=False), args)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("args, flag, value", [
+    ([*TRAIN, "--lr"], "--lr", "nan"),
+    ([*TRAIN, "--epochs"], "--epochs", "inf"),
+    ([*TRAIN, "--peak-flops"], "--peak-flops", "nan"),
+    (["generate", "nope", "--prompt", "x", "--temperature"], "--temperature", "nan"),
+    ([*CLEAN, "--shard-mb"], "--shard-mb", "inf"),
+    ([*ADVISE, "--knee-gain"], "--knee-gain", "nan"),
+    (["quickstart", "--lr"], "--lr", "-inf"),
+])
+def test_float_options_refuse_nan_and_infinities(args, flag, value, capsys, tmp_path, monkeypatch):
+    """click parses 'nan'/'inf' as floats and its ranges compare False with NaN: every float
+    option has the `finite` callback (cptcore/cli/numbers.py)."""
+    monkeypatch.chdir(tmp_path)
+    assert run([*args, value]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: Invalid value for '{flag}': {float(value)} is not a finite number (try 'cpt {args[0]} --help')\n" \
+        or (err.count("\n") == 1 and f"'{flag}'" in err and "finite" in err), err
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_float_option_has_the_finite_callback(cpt_pm):
+    import typer.main
+
+    from cptcore.cli.app import make_app
+    from cptcore.cli.numbers import finite
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            if "float" in repr(p.type_descriptor).lower():
+                yield f"{path} {p.opts[0]}", p
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    found = dict(walk(typer.main.get_command(make_app(cpt_pm)), "cpt"))
+    assert {"cpt train --lr", "cpt clean --shard-mb", "cpt tokenizer advise --knee-gain", "cpt model resize --max-kl"} <= set(found)
+    def has_finite(p):  # typer wraps the callback; the wrapper closes over it
+        return p.callback is finite or finite in [c.cell_contents for c in (p.callback.__closure__ or ())]
+
+    assert [name for name, p in found.items() if p.callback is None or not has_finite(p)] == []

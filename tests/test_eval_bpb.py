@@ -52,6 +52,8 @@ def test_exact_bpb_on_a_tiny_case_against_plain_torch(env):
     assert r.tokens == tokens and r.bytes == nbytes_expect
     assert r.bpb == pytest.approx(nll / math.log(2) / nbytes_expect, rel=1e-5)
     assert r.loss == pytest.approx(nll / tokens, rel=1e-5) and r.perplexity == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+    with pytest.raises(ConfigError, match="batch_tokens must be >= 1"):  # 0 was silently the default
+        score_documents(env["model"], ids, nbytes, max_length=64, batch_tokens=0)
 
 
 def test_windows_score_every_token_once():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, List, Optional
 
 import typer
 
+from .numbers import finite
 from ..errors import ConfigError
 from ..clean.pipeline import CleanArgs, clean
 from ..config import parse_set
@@ -41,7 +41,7 @@ def add_clean_command(app: typer.Typer, pm: Any) -> None:
         text_field: str = typer.Option("text", "--text-field", help="JSON/Parquet field holding the text."),
         seed: int = typer.Option(0, "--seed", help="Seed of the MinHash permutations (same seed, same output)."),
         shard_docs: int = typer.Option(10_000, "--shard-docs", help="Documents per shard at most (unit of work, output file and restart)."),
-        shard_mb: float = typer.Option(16.0, "--shard-mb", help="Input MB per shard at most (bounds memory; > 0)."),
+        shard_mb: float = typer.Option(16.0, "--shard-mb", callback=finite, help="Input MB per shard at most (bounds memory; > 0)."),
         num_proc: int = typer.Option(1, "--num-proc", help="Worker processes (local) or tasks in flight (ray)."),
         executor: str = typer.Option("local", "--executor", help="Where the filters run (cpt executors): local | ray | plugins (same output)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: a running cluster (ray start --head); default: a local one."),
@@ -55,8 +55,6 @@ def add_clean_command(app: typer.Typer, pm: Any) -> None:
         """Remove exact and near duplicates, other languages, low-quality and contaminated documents; write cleaned shards, stats.json and card.md."""
 
         known = {e.spec.name for e in pm.registry("filters")}
-        if not math.isfinite(shard_mb):  # int() of it is a traceback
-            raise ConfigError(f"--shard-mb must be a finite number > 0, got {shard_mb}")
         args = CleanArgs(
             inputs=tuple(input), out=out, filters=tuple(filter_ or ()), filter_options=_filter_options(set_, known),
             languages=tuple(language or ()), decontaminate=tuple(decontaminate or ()), text_field=text_field, seed=seed,

@@ -28,7 +28,10 @@ HEADER = """\
 
 Every `cpt` command with its arguments and options (built-in plugins only; a
 third-party plugin may add more: see `cpt plugins`). Errors caused by the user print one
-line `error: ...` and exit with status 1; set `CPT_DEBUG=1` to see the traceback.
+line `error: ...`: usage errors (an unknown command or option, a value of the wrong
+type, a number outside the range shown here, `nan`/`inf` for any float option) exit with
+status 2, before any work; the others (bad files, bad config, checks of the run) with
+status 1. Set `CPT_DEBUG=1` to see the traceback.
 """
 
 

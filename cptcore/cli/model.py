@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from .numbers import finite
 from ..errors import CptError
 from ..model.gguf import import_gguf
 from ..model.resize import DEFAULT_INIT, resize_model_folder
@@ -34,7 +35,7 @@ def resize_command(
     retain: Optional[Path] = typer.Option(None, "--retain", help="Retained text for the check (default: the bundled English sample)."),
     domain: Optional[Path] = typer.Option(None, "--domain", help="Domain text for bits per byte before/after (default: not measured)."),
     check_tokens: int = typer.Option(512, "--check-tokens", help="Retained-text positions measured by the check."),
-    max_kl: float = typer.Option(0.1, "--max-kl", help="Refuse when KL(base||resized) on retained text exceeds this (nats/token)."),
+    max_kl: float = typer.Option(0.1, "--max-kl", callback=finite, help="Refuse when KL(base||resized) on retained text exceeds this (nats/token)."),
     allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="Save the model even when the check finds it unsafe."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     _pm: Any = None,

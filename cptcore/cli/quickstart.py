@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from .numbers import finite
 from ..quickstart import PROMPT, QuickstartOptions, print_result, run_quickstart
 
 
@@ -19,8 +20,8 @@ def register(app: typer.Typer, pm: Any) -> None:
         max_steps: int = typer.Option(d.max_steps, "--max-steps", help="Optimizer steps of continual pretraining."),
         micro_batch_size: int = typer.Option(d.micro_batch_size, "--micro-batch-size", help="Sequences per step."),
         max_length: int = typer.Option(d.max_length, "--max-length", help="Tokens per packed sequence."),
-        lr: float = typer.Option(d.lr, "--lr", help="Peak learning rate (cosine schedule)."),
-        neftune_alpha: float = typer.Option(d.neftune_alpha, "--neftune-alpha", metavar="<float>", min=0.0, help="NEFTune noise alpha (paper: 5-15)."),
+        lr: float = typer.Option(d.lr, "--lr", callback=finite, help="Peak learning rate (cosine schedule)."),
+        neftune_alpha: float = typer.Option(d.neftune_alpha, "--neftune-alpha", callback=finite, metavar="<float>", min=0.0, help="NEFTune noise alpha (paper: 5-15)."),
         eval_batches: int = typer.Option(d.eval_batches, "--eval-batches", help="Held-out micro-batches scored before and after."),
         max_new_tokens: int = typer.Option(d.max_new_tokens, "--max-new-tokens", help="Length of the generated continuation."),
         prompt: str = typer.Option(PROMPT, "--prompt", help="Generation prompt."),

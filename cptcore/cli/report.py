@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from .numbers import finite
 from ..report import write_comparison, write_report
 
 
@@ -14,7 +15,7 @@ def report_command(
     run_dirs: List[Path] = typer.Argument(..., help="Training run folder(s) (the --out of cpt train), holding logs/metrics.jsonl."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default: RUN_DIR/report; several runs: the comparison goes to FIRST_RUN/report)."),
     baseline_perplexity: Optional[float] = typer.Option(
-        None, "--baseline-perplexity", metavar="<float>", min=1.0, help="Held-out perplexity measured before training, shown as 'before' (>= 1: exp of a loss)."
+        None, "--baseline-perplexity", callback=finite, metavar="<float>", min=1.0, help="Held-out perplexity measured before training, shown as 'before' (>= 1: exp of a loss)."
     ),
 ) -> None:
     """Write a run's curves (PNG) and a Markdown summary under RUN_DIR/report; with

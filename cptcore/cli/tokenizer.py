@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .numbers import finite
 from ..tokenizer.expand import REPORT_NAME, expand_tokenizer
 from ..tokenizer.report import print_report
 from ..tokenizer.train import TrainOptions, train_sentencepiece
@@ -20,7 +21,7 @@ def train_command(
     vocab_size: int = typer.Option(..., "--vocab-size", help="Pieces in the model (meta pieces included)."),
     out: Path = typer.Option(..., "--out", help="Output folder: tokenizer.model and train_report.json."),
     model_type: str = typer.Option("bpe", "--model-type", help="bpe (mergeable into LLaMA/Mistral), unigram, char or word."),
-    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece (SentencePiece takes 0.98-1)."),
+    character_coverage: float = typer.Option(0.9995, "--character-coverage", callback=finite, help="Share of characters given their own piece (SentencePiece takes 0.98-1)."),
     byte_fallback: bool = typer.Option(False, "--byte-fallback/--no-byte-fallback", help="Encode unknown characters as <0x..> bytes."),
     max_sentence_length: int = typer.Option(16384, "--max-sentence-length", metavar="<int>", min=1, help="Longest line used, in bytes (longer ones are counted and skipped)."),
     input_sentence_size: int = typer.Option(
@@ -79,10 +80,10 @@ def advise_command(
     retain: list[str] = typer.Option([], "--retain", help="Text whose tokenization must not change, NAME=FILE; repeatable."),
     sizes: str = typer.Option("1000,2000,4000,8000,16000", "--sizes", help="Domain SentencePiece vocabulary sizes to try, comma-separated."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (config.json): added parameters, memory and training cost per byte."),
-    knee_gain: float = typer.Option(0.01, "--knee-gain", help="Recommend the last size before one more 1,000 rows cuts tokens/char by less than this (relative, 0-1)."),
+    knee_gain: float = typer.Option(0.01, "--knee-gain", callback=finite, help="Recommend the last size before one more 1,000 rows cuts tokens/char by less than this (relative, 0-1)."),
     heldout_every: int = typer.Option(10, "--heldout-every", metavar="<int>", min=0, help="Measure every K-th document (K >= 2), train on the rest (0 = measure the training text)."),
     input_sentence_size: int = typer.Option(2_000_000, "--input-sentence-size", metavar="<int>", min=0, help="Lines SentencePiece samples for training (0 = all)."),
-    character_coverage: float = typer.Option(0.9995, "--character-coverage", help="Share of characters given their own piece (SentencePiece takes 0.98-1)."),
+    character_coverage: float = typer.Option(0.9995, "--character-coverage", callback=finite, help="Share of characters given their own piece (SentencePiece takes 0.98-1)."),
     threads: int = typer.Option(2, "--threads", metavar="<int>", min=1, help="SentencePiece trainer threads."),
     seed: int = typer.Option(0, "--seed", metavar="<int>", min=0, help="Seed of SentencePiece's sampler (at most 2**32 - 1)."),
     max_sentence_length: int = typer.Option(16384, "--max-sentence-length", metavar="<int>", min=1, help="Longest training line, in bytes (longer ones are counted and skipped)."),

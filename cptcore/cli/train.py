@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
+from .numbers import finite
 from ..errors import ConfigError
 from .app import is_rank_zero
 from ..config import load_config
@@ -60,25 +61,25 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy name (cpt strategies)."),
         noise: Optional[str] = typer.Option(None, "--noise", help="Embedding noise name (cpt noise), e.g. neftune."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (at most one of --max-steps, --epochs, --max-tokens; none: 100)."),
-        epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training mixture, resolved to steps (e.g. 2, 0.5)."),
+        epochs: Optional[float] = typer.Option(None, "--epochs", callback=finite, help="Passes over the training mixture, resolved to steps (e.g. 2, 0.5)."),
         max_tokens: Optional[str] = typer.Option(None, "--max-tokens", help="Training tokens (row positions), resolved to steps: 2000000, 2M, 1.5B."),
         max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Safetensors shard size of OUT/final (HF syntax: 500MB, 2GB; default 2GB)."),
         save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0: at the end only)."),
         eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: at the end only)."),
         micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Rows per rank per forward."),
         accumulation_steps: Optional[int] = typer.Option(None, "--accumulation-steps", help="Micro-batches per optimizer step."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+        lr: Optional[float] = typer.Option(None, "--lr", callback=finite, help="Peak learning rate."),
         seed: Optional[int] = typer.Option(None, "--seed", metavar="<int>", min=0, help="Random seed (at most 2**32 - 1)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest checkpoint in OUT) or a checkpoint folder."),
         freeze: Optional[str] = typer.Option(None, "--freeze", help="none | non-embeddings."),
         objective: Optional[str] = typer.Option(None, "--objective", help="Training objective (cpt objectives); default causal_lm."),
-        peak_flops: Optional[float] = typer.Option(None, "--peak-flops", help="Dense peak FLOP/s of one device, for MFU (default: table by GPU name; measured on CPU)."),
+        peak_flops: Optional[float] = typer.Option(None, "--peak-flops", callback=finite, help="Dense peak FLOP/s of one device, for MFU (default: table by GPU name; measured on CPU)."),
         nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", metavar="<int>", min=1, help="Start N ranks on this node (torchrun's agent runs in this process)."),
         nnodes: int = typer.Option(1, "--nnodes", metavar="<int>", min=1, help="Nodes taking part (each runs this command with its --node-rank)."),
         node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0..nnodes-1 (node 0 hosts the rendezvous)."),
         master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of node 0 (needed with --nnodes > 1)."),
         master_port: Optional[int] = typer.Option(None, "--master-port", metavar="<int>", min=1, max=65535, help="Rendezvous port on node 0 (default: free port on one node, 29500 on several)."),
-        rendezvous_timeout: float = typer.Option(300.0, "--rendezvous-timeout", help="Seconds to wait for every node to join before failing with the missing node(s) named."),
+        rendezvous_timeout: float = typer.Option(300.0, "--rendezvous-timeout", callback=finite, help="Seconds to wait for every node to join before failing with the missing node(s) named."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Run every check the run makes, print the plan, layout, parameter counts and memory estimate; do not train."),
     ) -> None:
         """Train (continual pretraining or SFT) on prepared data; export to OUT/final."""
@@ -146,8 +147,8 @@ def register(app: typer.Typer, pm: "CptPluginManager") -> None:
         model: str = typer.Argument(..., help="Hugging Face folder (e.g. OUT/final), .gguf file, peft adapter folder, or checkpoint folder OUT/checkpoints/step-N."),
         prompt: List[str] = typer.Option(..., "--prompt", help="Prompt text (repeatable)."),
         max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Tokens to generate."),
-        temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
-        top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
+        temperature: float = typer.Option(0.0, "--temperature", callback=finite, help="0 = greedy; > 0 samples."),
+        top_p: float = typer.Option(1.0, "--top-p", callback=finite, help="Nucleus sampling mass (with --temperature > 0)."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     ) -> None:
         """Generate a continuation of each prompt, for a smoke look at a model or a checkpoint."""

@@ -162,13 +162,16 @@ def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[A
         :class:`~cptcore.eval.bpb.EvalResult`; ``bytes`` = bytes of the scored tokens.
 
     Raises:
-        ConfigError: bad ``max_length``/``stride``; ValueError: nothing to score.
+        ConfigError: bad ``max_length``/``stride``/``batch_tokens`` (< 1); ValueError:
+            nothing to score.
     """
     import numpy as np
     import torch
 
     from ..train.strategy import token_loss_sum
 
+    if batch_tokens is not None and batch_tokens < 1:
+        raise ConfigError(f"batch_tokens must be >= 1 (or None: max_length), got {batch_tokens}")
     stride = max_length // 2 if stride is None else stride
     items = [w for d, x in enumerate(ids) for w in windows(len(x), max_length, stride, d)]
     items.sort(key=lambda w: w.end - w.begin)
@@ -177,7 +180,7 @@ def score_documents(model: Any, ids: Sequence[Sequence[int]], nbytes: Sequence[A
     for nb in nbytes:
         total_bytes += int(np.asarray(nb, dtype=np.int64)[1:].sum())
     with torch.no_grad():
-        for batch in _batches(items, batch_tokens or max_length, 64):
+        for batch in _batches(items, max_length if batch_tokens is None else batch_tokens, 64):
             S = max(w.end - w.begin for w in batch)
             inp = torch.full((len(batch), S), pad_id, dtype=torch.long)
             lab = torch.full((len(batch), S), -100, dtype=torch.long)
