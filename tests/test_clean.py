@@ -175,7 +175,7 @@ def test_plugin_filter_through_cpt_register_filters(planted, tmp_path, cpt_cli):
     assert code == 0 and names == sorted(names) and {"exact", "near", "language", "quality", "repetition", "decontaminate", "no_first"} <= set(names)
 
 
-def test_rules_per_filter_are_bounded_whatever_the_filter_reports(planted, tmp_path):
+def test_rules_per_filter_are_bounded_whatever_the_filter_reports(planted, tmp_path, capsys):
     """A filter whose rule differs per document (against the "RULE (detail)" convention)
     gets RULES_PER_REASON rules and one "other rules" count, in the markers and merged."""
     from cptcore import hookimpl, make_plugin_manager
@@ -203,6 +203,14 @@ def test_rules_per_filter_are_bounded_whatever_the_filter_reports(planted, tmp_p
     assert len(rules) == RULES_PER_REASON + 1 and sum(rules.values()) == n and rules[f"all: {OTHER_RULES}"] > 0
     for marker in (tmp_path / "o" / "state").glob("part-*.json"):
         assert len(json.loads(marker.read_text(encoding="utf-8"))["rules"]) <= RULES_PER_REASON + 1
+    # a filter removing over 20 % of the input is flagged in the card and the summary
+    card = (tmp_path / "o" / "card.md").read_text(encoding="utf-8")
+    warning = f"all removed {n:,} documents, 100.0% of the input (over 20%): check its examples in card.md"
+    assert f"**Check:** {warning}" in card
+    from cptcore.cli.clean import print_clean_summary
+
+    print_clean_summary(stats, str(tmp_path / "o"))
+    assert f"warning: {warning}" in " ".join(capsys.readouterr().out.split())
 
 
 def test_bad_options_and_inputs_are_one_line_errors(planted, tmp_path, cpt_pm):

@@ -28,6 +28,26 @@ def count_rule(rules: collections.Counter, reason: str, rule: str, n: int = 1) -
     rules[key] += n
 
 
+#: A filter removing more than this share of the input is flagged in card.md and the
+#: terminal summary (on real domain text a default threshold can remove a third of it:
+#: Gopher's repetition rules on statutes and code, docs/clean.md).
+HEAVY_SHARE = 0.2
+
+
+def heavy_filters(stats: dict[str, Any], share: float = HEAVY_SHARE) -> list[tuple[str, int, float]]:
+    """``(filter, documents removed, share of the input)`` for each filter of ``stats``
+    (stats.json's content) that removed more than ``share`` of the documents in."""
+    n_in = stats["documents"]["in"]
+    removed = stats["documents"]["removed"]
+    return [(name, removed[name], removed[name] / n_in) for name in stats["filters"]
+            if n_in and removed.get(name, 0) / n_in > share]
+
+
+def heavy_warning(name: str, n: int, frac: float) -> str:
+    return (f"{name} removed {n:,} documents, {frac:.1%} of the input (over {HEAVY_SHARE:.0%}): check its examples "
+            f"in card.md; its thresholds are options (--set {name}.KEY=VALUE, cpt filters)")
+
+
 class StatsMerger:
     """Adds up shard markers (:meth:`cptcore.clean.pipeline._Run.finish`) per input, in
     shard order, keeping the first ``examples`` removed documents per reason."""
@@ -143,6 +163,9 @@ def write_card(path, stats: dict[str, Any], pm: Any) -> None:
         lines += [f"### `{name}`: {n:,} removed ({n / d['in']:.2%} of the input)" if d["in"] else f"### `{name}`: 0 removed", ""]
         if spec.description:
             lines += [spec.description, ""]
+        for heavy in heavy_filters(stats):
+            if heavy[0] == name:
+                lines += [f"**Check:** {heavy_warning(*heavy)}.", ""]
         opts = stats["options"].get(name) or {}
         if opts:
             lines.append("Options: " + ", ".join(f"`{k}={v!r}`" for k, v in opts.items()))

@@ -9,6 +9,7 @@ import typer
 from .numbers import finite
 from ..errors import ConfigError
 from ..clean.pipeline import CleanArgs, clean
+from ..clean.report import heavy_filters, heavy_warning
 from ..config import parse_set
 from .prepare import _command
 
@@ -79,4 +80,7 @@ def print_clean_summary(stats: dict, out: str) -> None:
     d = stats["documents"]
     resumed = f" · {stats['shards_resumed']} shards resumed" if stats["shards_resumed"] else ""
     table.caption = f"{d['in']:,} in = {d['kept']:,} kept + {sum(d['removed'].values()):,} removed · {stats['seconds']:.1f} s{resumed} · see {out}/card.md"
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for heavy in heavy_filters(stats):
+        console.print(f"warning: {heavy_warning(*heavy)}", style="yellow", markup=False, highlight=False, soft_wrap=True)
