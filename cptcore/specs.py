@@ -279,9 +279,12 @@ class FilterSpec:
             a pure function run in the workers. ``"dedup"``: the filter has
             ``signature(text) -> numpy.ndarray`` (fixed shape and dtype, run in the
             workers), ``check(signature, key: int) -> str | None`` (run in the driver
-            in input order; remembers the signature when it keeps the document) and
-            ``add(signature, key)`` (remember without checking: a restarted run replays
-            the signatures of the documents kept before it was killed); optionally
+            in input order; only looks: compares with the documents remembered so far)
+            and ``add(signature, key)`` (remember: called by the driver, in input order,
+            for every document the whole chain keeps, and when a restarted run replays
+            the signatures of the documents kept before it was killed; a document a
+            later filter removes is never added, so a resumed run decides as an
+            uninterrupted one); optionally
             ``close()``, called once when the run ends (the built-in ``exact`` and
             ``near`` delete their on-disk index, :mod:`cptcore.clean.index`, there).
         options: dataclass of thresholds (``--set NAME.KEY=VALUE``).

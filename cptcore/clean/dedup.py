@@ -62,7 +62,9 @@ class _Indexed:
         raise NotImplementedError
 
     def first(self, sig: np.ndarray) -> int | None:
-        """The key of the earliest kept document sharing an index key with ``sig``."""
+        """The key of the earliest kept document sharing an index key with ``sig``.
+        ``check`` only looks (the driver calls ``add`` for the documents the whole chain
+        keeps, so no filter remembers a document a later one removed)."""
         return self.index().first(self.keys(sig))
 
     def add(self, sig: np.ndarray, key: int) -> None:
@@ -102,7 +104,6 @@ class ExactDedup(_Indexed):
         first = self.first(sig)
         if first is not None:
             return f"same normalised text (as document #{first})"
-        self.add(sig, key)
         return None
 
 
@@ -170,5 +171,4 @@ class NearDedup(_Indexed):
         first = self.first(sig)
         if first is not None:
             return f"near duplicate (of document #{first})"
-        self.add(sig, key)
         return None

@@ -238,6 +238,10 @@ class _Run:
                         verdict = (n, detail)
                         break
             if verdict is None:
+                # every dedup filter remembers only the documents the run keeps (not one a
+                # later filter removes), which is what replay() gives a resumed run
+                for n, f in self.chain.dedup:
+                    f.add(sig_row[n], key)
                 kept_lines.append(_out_line(rec))
                 kept_keys.append(key)
                 for n in kept_sigs:

@@ -1,0 +1,74 @@
+"""``cpt clean`` restarts and deduplication order: a dedup filter compares a document
+only with the documents the run kept (not with those a later filter removed), so a
+resumed run, which replays the kept documents' signatures, ends with the same bytes as
+an uninterrupted one; the run never reads its own output folder as input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from clean_support import law_chunks
+
+
+def _edit(text: str, seed: int, n: int = 3) -> str:
+    rng = random.Random(seed)
+    chars = list(text)
+    for pos in rng.sample([i for i, c in enumerate(chars) if c != "\n"], n):
+        chars[pos] = "的"
+    return "".join(chars)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _corpus(path: Path) -> list[dict]:
+    """a: a law document; b: a with ASCII commas (same normalised text: an exact
+    duplicate, but most word 5-grams differ: not a near one); d: b with 3 characters
+    edited (a near duplicate of b only); n: a with 3 characters edited (a near
+    duplicate of a); c: n again (an exact duplicate of n, a near one of a); f: fillers."""
+    a, *fillers = [t for t in law_chunks() if len(t) >= 700][:6]
+    b = a.replace("，", ",")
+    n = _edit(a, 1)
+    docs = [("a", a), ("f0", fillers[0]), ("b", b), ("f1", fillers[1]), ("d", _edit(b, 2)), ("f2", fillers[2]),
+            ("n", n), ("f3", fillers[3]), ("c", n), ("f4", fillers[4])]
+    path.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in docs), encoding="utf-8")
+    return [{"id": i, "text": t} for i, t in docs]
+
+
+# killed after shard kill_at - 1: between n and c (exact, near) / between b and d (near, exact)
+@pytest.mark.parametrize("filters,kill_at", [(("exact", "near"), 8), (("near", "exact"), 4)], ids=["exact-near", "near-exact"])
+def test_dedup_compares_with_kept_documents_and_a_resumed_run_ends_the_same(tmp_path, cpt_pm, filters, kill_at):
+    import gzip
+
+    from cptcore.clean.pipeline import CleanArgs, clean
+
+    _corpus(tmp_path / "c.jsonl")
+    args = lambda out: CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(out), filters=filters, shard_docs=1)  # noqa: E731
+    ref = clean(cpt_pm, args(tmp_path / "ref"))
+    removed = {json.loads(line)["source"].rsplit(":", 1)[1]: json.loads(line)
+               for p in sorted((tmp_path / "ref" / "removed").iterdir()) for line in gzip.open(p, "rt", encoding="utf-8")}
+    # b (line 3): exact duplicate of a; d (line 5) resembles only b, which was removed: kept
+    assert removed.pop("3")["reason"] == "exact"
+    # c (line 9) = n (line 7, removed as a near duplicate of a): compared with a, not with n
+    assert removed.pop("7")["detail"] == "near duplicate (of document #0)"
+    c = removed.pop("9")
+    assert (c["reason"], c["detail"]) == ("near", "near duplicate (of document #0)")
+    assert removed == {}
+    # killed before shard kill_at: its marker and later ones gone; the rerun replays the
+    # earlier shards' kept signatures and redoes the rest
+    out = tmp_path / "out"
+    clean(cpt_pm, args(out))
+    for p in (out / "state").glob("part-*.json"):
+        if int(p.stem.split("-")[1]) >= kill_at:
+            p.unlink()
+    resumed = clean(cpt_pm, args(out))
+    assert resumed["shards_resumed"] == kill_at
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("seconds", "shards_resumed")}  # noqa: E731
+    assert strip(resumed) == strip(ref)
+    for sub in ("shards", "removed"):
+        assert _files(out / sub) == _files(tmp_path / "ref" / sub)
