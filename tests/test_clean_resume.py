@@ -72,3 +72,19 @@ def test_dedup_compares_with_kept_documents_and_a_resumed_run_ends_the_same(tmp_
     assert strip(resumed) == strip(ref)
     for sub in ("shards", "removed"):
         assert _files(out / sub) == _files(tmp_path / "ref" / sub)
+
+
+def test_an_input_folder_holding_the_output_folder_is_read_without_it(tmp_path, cpt_pm):
+    """``--input raw/ --out raw/clean``: the run's own files (state/run.json is written
+    before the inputs are read) are not documents, and the rerun resumes."""
+    from cptcore.clean.pipeline import CleanArgs, clean
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    docs = _corpus(raw / "c.jsonl")
+    args = CleanArgs(inputs=(str(raw),), out=str(raw / "clean"), filters=("exact",), shard_docs=4)
+    stats = clean(cpt_pm, args)
+    assert stats["documents"] == {"in": len(docs), "kept": len(docs) - 2, "removed": {"exact": 2}}
+    assert stats["inputs"][0]["files"] == [str(raw / "c.jsonl")]
+    again = clean(cpt_pm, args)
+    assert again["shards_resumed"] == 3 and again["documents"] == stats["documents"]
