@@ -119,6 +119,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+#: Module name prefix of plugin files (``cpt --plugin FILE`` imports ``FILE`` as
+#: ``cpt_file_plugin_STEM``); the Ray executor pickles these modules by value, since no
+#: worker can import them.
+FILE_PLUGIN_PREFIX = "cpt_file_plugin_"
+
+
 def load_plugin_file(path: str | os.PathLike) -> ModuleType:
     """Import a plugin from a ``.py`` file (``cpt --plugin FILE``).
 
@@ -128,7 +134,7 @@ def load_plugin_file(path: str | os.PathLike) -> ModuleType:
     p = Path(path)
     if not p.is_file():
         raise PluginError(f"plugin file not found: {p}")
-    mod_name = f"cpt_file_plugin_{p.stem}"
+    mod_name = f"{FILE_PLUGIN_PREFIX}{p.stem}"
     spec = importlib.util.spec_from_file_location(mod_name, p)
     if spec is None or spec.loader is None:
         raise PluginError(f"cannot import plugin file {p}")

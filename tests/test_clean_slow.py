@@ -41,6 +41,21 @@ def cpt_register_filters():
 '''
 
 
+NO_FIRST = '''
+from cptcore.hookspecs import hookimpl
+from cptcore.specs import FilterSpec
+
+class NoFirst:
+    """A class defined in a plugin file: Ray workers cannot import its module."""
+    def check(self, text):
+        return "mentions article one" if "第一条" in text else None
+
+@hookimpl
+def cpt_register_filters():
+    return [FilterSpec(name="no_first", make=lambda options, context: NoFirst())]
+'''
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -97,16 +112,19 @@ def test_ray_executor_writes_the_same_clean_shards_and_prepare_rows(local_ray, t
     from cptcore.clean.pipeline import CleanArgs, clean
     from cptcore.data.pipeline import PrepareArgs, prepare
 
-    pm = make_plugin_manager(entrypoints=False)
+    plugin = tmp_path / "no_first.py"  # a filter from a plugin file (cpt --plugin FILE) runs on Ray too
+    plugin.write_text(NO_FIRST, encoding="utf-8")
+    pm = make_plugin_manager(entrypoints=False, files=[plugin])
     corpus = tmp_path / "corpus.jsonl"
     planted_corpus(corpus)
     evalf = eval_file(tmp_path / "eval.jsonl")
     stats = {}
     for executor in ("local", "ray"):
         stats[executor] = clean(pm, CleanArgs(
-            inputs=(str(corpus),), out=str(tmp_path / f"clean_{executor}"), filters=("quality", "exact", "near"),
+            inputs=(str(corpus),), out=str(tmp_path / f"clean_{executor}"), filters=("no_first", "quality", "exact", "near"),
             languages=("zh",), decontaminate=(f"heldout={evalf}",), shard_docs=100, executor=executor, num_proc=2))
     assert _comparable(stats["ray"]) == _comparable(stats["local"])
+    assert stats["ray"]["documents"]["removed"]["no_first"] > 0
     for sub in ("shards", "removed"):
         assert _files(tmp_path / "clean_ray" / sub) == _files(tmp_path / "clean_local" / sub)
     manifests = {}

@@ -10,10 +10,12 @@ consumed in submission order by the caller, so the executor never changes the ou
 
 from __future__ import annotations
 
+import sys
 import uuid
 from typing import Any, Callable
 
 from ..errors import ConfigError, CptError
+from ..plugins import FILE_PLUGIN_PREFIX
 from .workers import Executor
 
 def make_executor(pm: Any, name: str, num_proc: int, fn: Callable, args: tuple, address: str | None = None) -> Any:
@@ -84,6 +86,19 @@ class _RayFuture:
             raise
 
 
+def _pickle_plugin_files_by_value() -> None:
+    """Make Ray's cloudpickle send the code of every loaded plugin file (``cpt --plugin
+    FILE``) with the objects that use it: a filter, tokenize function or packer defined
+    in such a file is pickled by reference otherwise, and no Ray worker can import the
+    module (``ModuleNotFoundError: No module named 'cpt_file_plugin_...'``). Plugins
+    installed as packages stay by reference (install them on every node)."""
+    from ray import cloudpickle
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FILE_PLUGIN_PREFIX) and module is not None:
+            cloudpickle.register_pickle_by_value(module)
+
+
 class RayExecutor:
     """Runs chunk jobs as Ray tasks (one CPU each). With ``address`` it joins a running
     cluster (``ray start --head`` / ``ray start --address``; cptcore must be installed
@@ -111,6 +126,7 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.num_proc = num_proc if num_proc > 1 else max(1, cpus)
         self._token = uuid.uuid4().hex
+        _pickle_plugin_files_by_value()
         self._job = ray.put((fn, args))
         self._remote = ray.remote(num_cpus=1, max_retries=3)(_ray_task)
 
