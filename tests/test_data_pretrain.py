@@ -403,6 +403,15 @@ def test_progress_bar_reports_bytes_documents_and_throughput(cpt_pm, mistral_tok
     assert f"{size_kb:.1f}/{size_kb:.1f} kB" in err  # every byte accounted for
 
 
+def test_console_script_finds_the_command_after_global_options():
+    from cptcore.cli.main import command_name
+
+    assert command_name(["prepare", "pretrain", "--input", "x"]) == "prepare"
+    assert command_name(["--plugin", "my.py", "prepare", "pretrain"]) == "prepare"  # not 'my.py'
+    assert command_name(["--plugin=my.py", "prepare"]) == "prepare"
+    assert command_name(["--version"]) is None
+
+
 def test_console_script_prepares_without_torch_and_writes_the_same_rows(cpt_pm, smollm2_tokenizer_dir, tmp_path):
     """`cpt prepare` (the console script) keeps transformers from importing torch (USE_TORCH=0,
     cptcore/cli/main.py) in the driver and its workers; the rows equal the in-process run's."""
@@ -420,6 +429,7 @@ def test_console_script_prepares_without_torch_and_writes_the_same_rows(cpt_pm, 
                            "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH False 0" in proc.stdout
+    assert "None of PyTorch" not in proc.stderr  # transformers' warning without torch, true here but alarming
     run(cpt_pm, smollm2_tokenizer_dir, [src], tmp_path / "lib", max_length=64, num_proc=2)
     import torch  # noqa: F401  (the in-process run had torch, as a library caller does)
 
