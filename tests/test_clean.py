@@ -230,6 +230,13 @@ def test_bad_options_and_inputs_are_one_line_errors(planted, tmp_path, cpt_pm):
         (dict(executor="spark"), "unknown executor 'spark'"),
         (dict(ray_address="auto"), "--ray-address needs --executor ray"),
         (dict(inputs=(f"{corpus}:0.5",)), "takes no weights"),
+        (dict(examples=-1), "--examples must be >= 0"),
+        (dict(filter_options={"quality": {"min_words": -5}}), r"quality.min_words must be >= 0"),
+        (dict(filter_options={"quality": {"min_words": 60, "max_words": 50}}), "quality.max_words must be"),
+        (dict(filter_options={"quality": {"min_stop_words": 9}}), "quality.min_stop_words must be between 0 and 8"),
+        (dict(filter_options={"quality": {"min_alpha_words_fraction": 80}}), "a fraction between 0 and 1"),
+        (dict(filter_options={"repetition": {"max_dup_line_fraction": -0.1}}), "repetition.max_dup_line_fraction"),
+        (dict(filter_options={"repetition": {"max_top_ngram_char_fraction": [0.2, 0.18]}}), "3 fractions between 0 and 1"),
     ]
     for i, (kw, match) in enumerate(cases):
         base = dict(inputs=(str(corpus),), out=str(tmp_path / f"o{i}"))
@@ -261,7 +268,8 @@ def test_cli_options_reach_the_run(planted, tmp_path, cpt_cli):
     assert stats["command"].startswith("cpt ") and stats["command"] in (out / "card.md").read_text()
     assert sorted(p.name for p in (out / "shards").iterdir()) == [f"part-0000{i}.jsonl" for i in range(4)]
     assert not list((out / "removed").iterdir())
-    for args, match in ((("--set", "exact.x=1"), "takes no options"), (("--set", "nodot=1"), "expected section.key=value")):
+    for args, match in ((("--set", "exact.x=1"), "takes no options"), (("--set", "nodot=1"), "expected FILTER.KEY=VALUE, e.g. near"),
+                        (("--set", "near.threshold"), "expected FILTER.KEY=VALUE"), (("--shard-mb", "0"), "--shard-mb must be > 0")):
         code, output = cpt_cli("clean", "--input", str(corpus), "--out", str(tmp_path / "bad"), "--filter", "exact", *args)
         assert code == 1 and match in output, output
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from .text import CJK_RE, ngram_hashes, word_hashes, words
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -52,14 +53,53 @@ class RepetitionOptions:
 _BULLETS = ("-", "*", "•", "‣", "●", "○", "◦", "▪")
 
 
+def _fail(section: str, key: str, want: str, value) -> ConfigError:
+    return ConfigError(f"{section}.{key} must be {want}, got {value!r}")
+
+
+def _check_quality(o: QualityOptions) -> None:
+    """Raises ConfigError naming the first option out of range."""
+    if o.min_words < 0 or o.max_words < max(1, o.min_words):
+        bad = "min_words" if o.min_words < 0 else "max_words"
+        raise _fail("quality", bad, ">= 0 and max_words >= min_words (>= 1)", getattr(o, bad))
+    if not 0 <= o.min_mean_word_length <= o.max_mean_word_length:
+        raise _fail("quality", "min_mean_word_length", "between 0 and max_mean_word_length", o.min_mean_word_length)
+    if o.max_symbol_word_ratio < 0:
+        raise _fail("quality", "max_symbol_word_ratio", ">= 0", o.max_symbol_word_ratio)
+    for key in ("max_bullet_lines_fraction", "max_ellipsis_lines_fraction", "min_alpha_words_fraction"):
+        if not 0 <= getattr(o, key) <= 1:
+            raise _fail("quality", key, "a fraction between 0 and 1", getattr(o, key))
+    if not 0 <= o.min_stop_words <= len(STOP_WORDS):
+        raise _fail("quality", "min_stop_words", f"between 0 and {len(STOP_WORDS)} (the stop words: {', '.join(STOP_WORDS)})", o.min_stop_words)
+
+
+def _check_repetition(o: RepetitionOptions) -> None:
+    """Raises ConfigError naming the first option out of range (fractions, list lengths)."""
+    for key in ("max_dup_line_fraction", "max_dup_para_fraction", "max_dup_line_char_fraction", "max_dup_para_char_fraction"):
+        if not 0 <= getattr(o, key) <= 1:
+            raise _fail("repetition", key, "a fraction between 0 and 1", getattr(o, key))
+    for key, n, grams in (("max_top_ngram_char_fraction", 3, "2, 3, 4"), ("max_dup_ngram_char_fraction", 6, "5..10")):
+        values = getattr(o, key)
+        if len(values) != n or not all(0 <= v <= 1 for v in values):
+            raise _fail("repetition", key, f"{n} fractions between 0 and 1 (for the {grams}-grams)", list(values))
+    if o.cjk_ngram_scale < 1:
+        raise _fail("repetition", "cjk_ngram_scale", ">= 1", o.cjk_ngram_scale)
+
+
 def _cjk_dominant(ws: list[str], text: str) -> bool:
     return len(CJK_RE.findall(text)) * 2 > len(ws)
 
 
 class GopherQuality:
-    """``check(text) -> None | "RULE (detail)"`` for the rules of :class:`QualityOptions`."""
+    """``check(text) -> None | "RULE (detail)"`` for the rules of :class:`QualityOptions`.
+
+    Raises:
+        ConfigError: an option out of range (negative counts, fractions outside 0..1,
+            a minimum above its maximum).
+    """
 
     def __init__(self, options: QualityOptions):
+        _check_quality(options)
         self.o = options
 
     def check(self, text: str) -> str | None:
@@ -111,9 +151,15 @@ def _dup_fractions(items: list[str]) -> tuple[float, float]:
 
 
 class GopherRepetition:
-    """``check(text) -> None | "RULE (detail)"`` for the rules of :class:`RepetitionOptions`."""
+    """``check(text) -> None | "RULE (detail)"`` for the rules of :class:`RepetitionOptions`.
+
+    Raises:
+        ConfigError: a fraction outside 0..1, a list of the wrong length (3 top n-gram
+            limits, 6 duplicate n-gram limits), ``cjk_ngram_scale < 1``.
+    """
 
     def __init__(self, options: RepetitionOptions):
+        _check_repetition(options)
         self.o = options
 
     def check(self, text: str) -> str | None:

@@ -22,10 +22,10 @@ def _filter_options(items: list[str] | None, known: set[str]) -> dict[str, dict]
     """
     out: dict[str, dict] = {}
     for item in items or []:
+        head, dot, rest = item.partition("=")[0].strip().partition(".")
+        if "=" not in item or not head or not dot or not rest:
+            raise ConfigError(f"--set {item}: expected FILTER.KEY=VALUE, e.g. near.threshold=0.7 (filters: {', '.join(sorted(known))})")
         key, value = parse_set(item)
-        head, dot, rest = key.partition(".")
-        if not dot or not rest:
-            raise ConfigError(f"--set {item}: expected FILTER.KEY=VALUE (filters: {', '.join(sorted(known))})")
         out.setdefault(head, {})[rest] = value
     return out
 
