@@ -122,6 +122,14 @@ def test_rerun_gives_identical_bytes_and_resumes_a_finished_run(planted, cleaned
     assert not list((tmp_path / "again" / "state").glob("index-*"))  # the on-disk dedup indexes are scratch
     with pytest.raises(ConfigError, match="other inputs or options"):
         clean(pm, _args(corpus, evalf, tmp_path / "again", seed=1))
+    edited = tmp_path / "eval.jsonl"  # the same evaluation file, one line edited (same size)
+    edited.write_bytes(evalf.read_bytes())
+    clean(pm, _args(corpus, edited, tmp_path / "edited"))
+    text = edited.read_text(encoding="utf-8")
+    edited.write_text(text.replace("第", "条", 1) if "第" in text else "x" + text[1:], encoding="utf-8")
+    assert edited.stat().st_size == evalf.stat().st_size
+    with pytest.raises(ConfigError, match="other inputs or options"):
+        clean(pm, _args(corpus, edited, tmp_path / "edited"))
 
 
 def test_cleaned_shards_feed_cpt_prepare(cleaned, tmp_path, smollm2_tokenizer_dir, cpt_cli):

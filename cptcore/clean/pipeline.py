@@ -28,6 +28,7 @@ from ..data import readers
 from ..data.executors import check_executor, make_executor
 from ..data.stats import Progress, reason_key
 from ..errors import ConfigError, DataError
+from ..plugins import file_sha256
 from .filters import DEFAULT_FILTERS, FilterContext, build_chain, clean_shard
 from .report import StatsMerger, count_rule, write_card
 from .shards import read_signatures, write_json, write_jsonl, write_signatures
@@ -131,6 +132,9 @@ def _fingerprint(args: CleanArgs, chain_names, options) -> dict[str, Any]:
     fp = {k: v for k, v in asdict(args).items() if k in keep}
     fp["inputs"] = list(fp["inputs"])
     fp.update(version=STATE_VERSION, files=files, filters=list(chain_names), options=options)
+    sets = (options.get("decontaminate") or {}).get("sets") or {}
+    if sets:  # an evaluation file edited between a kill and the rerun changes the decisions
+        fp["evaluation_sets"] = {name: file_sha256(path) for name, path in sorted(sets.items())}
     return json.loads(json.dumps(fp, sort_keys=True))
 
 
