@@ -88,3 +88,20 @@ def test_an_input_folder_holding_the_output_folder_is_read_without_it(tmp_path, 
     assert stats["inputs"][0]["files"] == [str(raw / "c.jsonl")]
     again = clean(cpt_pm, args)
     assert again["shards_resumed"] == 3 and again["documents"] == stats["documents"]
+
+
+def test_unreadable_state_files_are_one_line_errors(tmp_path, cpt_pm):
+    from cptcore.clean.pipeline import CleanArgs, clean
+    from cptcore.errors import ConfigError
+
+    _corpus(tmp_path / "c.jsonl")
+    args = CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(tmp_path / "o"), filters=("exact",), shard_docs=4)
+    clean(cpt_pm, args)
+    marker = tmp_path / "o" / "state" / "part-00001.json"
+    marker.write_text('{"shard": 1, "docum', encoding="utf-8")  # e.g. a disk that filled up
+    with pytest.raises(ConfigError, match=r"part-00001.json: unreadable cpt clean state .*--overwrite"):
+        clean(cpt_pm, args)
+    (tmp_path / "o" / "state" / "run.json").write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"run.json: unreadable cpt clean state"):
+        clean(cpt_pm, args)
+    assert clean(cpt_pm, CleanArgs(**{**args.__dict__, "overwrite": True}))["documents"]["in"] == 10

@@ -138,6 +138,18 @@ def _fingerprint(args: CleanArgs, chain_names, options) -> dict[str, Any]:
     return json.loads(json.dumps(fp, sort_keys=True))
 
 
+def _read_state(path: Path) -> Any:
+    """A state file (``state/run.json``, a shard marker) as JSON.
+
+    Raises:
+        ConfigError: the file is not valid JSON (named; ``--overwrite`` starts over).
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable cpt clean state ({exc}); use --overwrite to start over") from None
+
+
 def _prepare_out(out: Path, fingerprint: dict, overwrite: bool) -> bool:
     """Create ``out``; returns True when it holds an unfinished or finished run with the
     same fingerprint (resume).
@@ -154,7 +166,7 @@ def _prepare_out(out: Path, fingerprint: dict, overwrite: bool) -> bool:
             if overwrite:
                 raise ConfigError(f"--out {out}: refusing to delete a non-empty folder not made by 'cpt clean'")
             raise ConfigError(f"--out {out} exists and is not empty (use --overwrite)")
-        if not overwrite and json.loads(saved.read_text(encoding="utf-8")) == fingerprint:
+        if not overwrite and _read_state(saved) == fingerprint:
             return True
         if not overwrite:
             raise ConfigError(f"--out {out} holds a cpt clean run with other inputs or options (use --overwrite to replace it)")
@@ -218,7 +230,7 @@ class _Run:
         path = self.marker(shard)
         if not path.is_file():
             return None
-        m = json.loads(path.read_text(encoding="utf-8"))
+        m = _read_state(path)
         recs = shard.records
         if (m["documents"]["in"], m["first"], m["last"]) != (len(recs), _where(recs[0]), _where(recs[-1])):
             raise ConfigError(f"{recs[0].path}: the input changed since the interrupted run (use --overwrite)")
