@@ -105,3 +105,17 @@ def test_unreadable_state_files_are_one_line_errors(tmp_path, cpt_pm):
     with pytest.raises(ConfigError, match=r"run.json: unreadable cpt clean state"):
         clean(cpt_pm, args)
     assert clean(cpt_pm, CleanArgs(**{**args.__dict__, "overwrite": True}))["documents"]["in"] == 10
+
+
+def test_rules_do_not_grow_with_the_duplicated_documents(tmp_path, cpt_pm):
+    """stats.json's removed_by_rule (and card.md's rule tables) count rules, not
+    documents: near duplicates of 5 different documents are one rule, not 5 (plugins:
+    test_clean.py::test_rules_per_filter_are_bounded_whatever_the_filter_reports)."""
+    from cptcore.clean.pipeline import CleanArgs, clean
+
+    docs = [t for t in law_chunks() if len(t) >= 700][:5]
+    lines = docs + [_edit(t, 7) for t in docs] + docs  # near, then exact duplicates of each
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in lines), encoding="utf-8")
+    stats = clean(cpt_pm, CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(tmp_path / "o"), filters=("near", "exact")))
+    assert stats["documents"]["removed"] == {"near": 10}  # near first: the exact copies are near ones too
+    assert stats["removed_by_rule"] == {"near: near duplicate": 10}
