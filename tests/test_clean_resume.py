@@ -119,3 +119,28 @@ def test_rules_do_not_grow_with_the_duplicated_documents(tmp_path, cpt_pm):
     stats = clean(cpt_pm, CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(tmp_path / "o"), filters=("near", "exact")))
     assert stats["documents"]["removed"] == {"near": 10}  # near first: the exact copies are near ones too
     assert stats["removed_by_rule"] == {"near: near duplicate": 10}
+
+
+def test_parquet_columns_json_cannot_hold_are_kept_as_text(tmp_path, cpt_pm):
+    """Kept records are written unchanged; a Parquet timestamp, date, bytes or decimal
+    column (JSON has no such type) becomes text instead of a TypeError traceback."""
+    import datetime
+    import decimal
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cptcore.clean.pipeline import CleanArgs, clean
+
+    texts = [t for t in law_chunks()][:3]
+    pq.write_table(pa.table({
+        "text": texts, "crawled": [datetime.datetime(2024, 1, d, 12, 30) for d in (1, 2, 3)],
+        "day": [datetime.date(2024, 2, d) for d in (1, 2, 3)], "raw": [b"\x00\xff", b"ab", b""],
+        "price": pa.array([decimal.Decimal("1.50")] * 3, pa.decimal128(5, 2)), "n": [1, 2, 3],
+    }), tmp_path / "t.parquet")
+    clean(cpt_pm, CleanArgs(inputs=(str(tmp_path / "t.parquet"),), out=str(tmp_path / "o"), filters=("exact",)))
+    kept = [json.loads(line) for line in gzip.open(tmp_path / "o" / "shards" / "part-00000.jsonl.gz", "rt", encoding="utf-8")]
+    assert [r["text"] for r in kept] == texts and [r["n"] for r in kept] == [1, 2, 3]
+    assert kept[0]["crawled"] == "2024-01-01T12:30:00" and kept[1]["day"] == "2024-02-02"
+    assert [r["raw"] for r in kept] == ["AP8=", "YWI=", ""] and kept[0]["price"] == "1.50"

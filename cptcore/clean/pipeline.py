@@ -207,8 +207,24 @@ def _text(rec: readers.Record) -> str | None:
     return rec.text if rec.text is not None else f"{rec.source}{rec.target}"
 
 
+def _jsonable(value: Any) -> Any:
+    """A value JSON has no type for, as text: what a Parquet column can hold besides
+    strings and numbers (timestamps and dates as ISO 8601, bytes as base64, decimals and
+    anything else as ``str``)."""
+    import base64
+    import datetime
+
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
 def _out_line(rec: readers.Record) -> str:
-    return json.dumps(rec.data if rec.data is not None else {"text": rec.text}, ensure_ascii=False)
+    """The kept record as one JSON line: the input object unchanged (values JSON cannot
+    hold as :func:`_jsonable` text), or ``{"text": ...}`` for plain text."""
+    return json.dumps(rec.data if rec.data is not None else {"text": rec.text}, ensure_ascii=False, default=_jsonable)
 
 
 def _where(rec: readers.Record) -> str:
