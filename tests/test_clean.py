@@ -239,6 +239,7 @@ def test_bad_options_and_inputs_are_one_line_errors(planted, tmp_path, cpt_pm):
         (dict(ray_address="auto"), "--ray-address needs --executor ray"),
         (dict(inputs=(f"{corpus}:0.5",)), "takes no weights"),
         (dict(examples=-1), "--examples must be >= 0"),
+        (dict(filters=("near",), filter_options={"near": {"num_perm": 10**9}}), "near.num_perm must be between 2 and 4096"),
         (dict(filter_options={"quality": {"min_words": -5}}), r"quality.min_words must be >= 0"),
         (dict(filter_options={"quality": {"min_words": 60, "max_words": 50}}), "quality.max_words must be"),
         (dict(filter_options={"quality": {"min_stop_words": 9}}), "quality.min_stop_words must be between 0 and 8"),

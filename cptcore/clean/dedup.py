@@ -107,6 +107,12 @@ class ExactDedup(_Indexed):
         return None
 
 
+#: Largest ``near.num_perm``: the signature's batch temporary is ``[4096 shingles,
+#: num_perm]`` uint64, 32 kB per permutation (128 MB at 4096; the estimate's standard
+#: error is ~1/sqrt(num_perm), 1.6 % there, against datasketch's default 128).
+MAX_NUM_PERM = 4096
+
+
 @dataclass(frozen=True)
 class NearOptions:
     """MinHash LSH near-duplicate removal."""
@@ -127,8 +133,9 @@ class NearDedup(_Indexed):
 
         if not 0.0 < options.threshold < 1.0:
             raise ConfigError(f"near.threshold must be between 0 and 1, got {options.threshold}")
-        if options.num_perm < 2 or options.ngram < 1:
-            raise ConfigError("near.num_perm must be >= 2 and near.ngram >= 1")
+        if not 2 <= options.num_perm <= MAX_NUM_PERM or options.ngram < 1:
+            raise ConfigError(f"near.num_perm must be between 2 and {MAX_NUM_PERM} and near.ngram >= 1, got "
+                              f"{options.num_perm} and {options.ngram} (each worker's MinHash temporary is 32 kB per permutation)")
         self.o = options
         self.seed = seed
         self._perm = None
