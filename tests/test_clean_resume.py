@@ -144,3 +144,16 @@ def test_parquet_columns_json_cannot_hold_are_kept_as_text(tmp_path, cpt_pm):
     assert [r["text"] for r in kept] == texts and [r["n"] for r in kept] == [1, 2, 3]
     assert kept[0]["crawled"] == "2024-01-01T12:30:00" and kept[1]["day"] == "2024-02-02"
     assert [r["raw"] for r in kept] == ["AP8=", "YWI=", ""] and kept[0]["price"] == "1.50"
+
+
+def test_progress_counts_the_bytes_on_disk_of_a_gz_input(tmp_path, cpt_pm, capsys):
+    import gzip
+
+    from cptcore.clean.pipeline import CleanArgs, clean
+
+    _corpus(tmp_path / "c.jsonl")
+    gz = tmp_path / "c.jsonl.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "c.jsonl").read_bytes()))
+    clean(cpt_pm, CleanArgs(inputs=(str(gz),), out=str(tmp_path / "o"), filters=("exact",), progress=True))
+    kb = gz.stat().st_size / 1000
+    assert f"{kb:.1f}/{kb:.1f} kB" in capsys.readouterr().err  # was the decompressed size over the gz size

@@ -383,7 +383,7 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
                 m = run.finish(shard, fut.get())
             merged.add(m)
             for rec in shard.records:
-                progress.advance(rec.nbytes, 0)
+                progress.advance(rec.progress_bytes, 0)  # on-disk bytes (.gz: compressed), as the total
             shard.records = []
             fill()
         progress.close()
