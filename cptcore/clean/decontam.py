@@ -60,7 +60,15 @@ def eval_texts(path: str, text_field: str):
 
 
 class Decontaminate:
-    """``check(text)``: ``"NAME (K shared N-grams)"`` for the first set that overlaps."""
+    """``check(text)``: ``"NAME (K shared N-grams)"`` for the first set that overlaps
+    (sets in name order), else None. Memory: the sets' distinct n-gram hashes, 8 bytes
+    each, twice (word and CJK sizes), in the driver and in every worker.
+
+    Raises:
+        ConfigError: no sets, ``ngram``/``min_matches`` < 1, a set file missing or with no
+            text of ``ngram`` words.
+        DataError: a bad record in a set file (``file:line: problem``).
+    """
 
     def __init__(self, options: DecontaminateOptions):
         if not options.sets:

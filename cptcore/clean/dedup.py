@@ -124,7 +124,12 @@ class NearOptions:
 
 class NearDedup(_Indexed):
     """``signature(text)``: uint32 ``[num_perm]`` MinHash hash values; index keys: one
-    per LSH band, the band number (2 bytes) + xxh64 of the band's values (8 bytes)."""
+    per LSH band, the band number (2 bytes) + xxh64 of the band's values (8 bytes).
+
+    Raises:
+        ConfigError: ``threshold`` not in (0, 1), ``num_perm`` not in 2..MAX_NUM_PERM,
+            ``ngram`` < 1.
+    """
 
     name = "near"
 

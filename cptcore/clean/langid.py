@@ -32,7 +32,12 @@ def _language(code: str):
 
 
 class LanguageFilter:
-    """``check(text)``: ``"detected en"`` when the most likely language is not kept."""
+    """``check(text)``: ``"detected en"`` when the most likely language is not kept.
+
+    Raises:
+        ConfigError: no kept language, an unknown ISO 639-1 code, fewer than two
+            candidate languages.
+    """
 
     def __init__(self, options: LanguageOptions):
         if not options.keep:
