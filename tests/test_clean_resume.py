@@ -157,3 +157,22 @@ def test_progress_counts_the_bytes_on_disk_of_a_gz_input(tmp_path, cpt_pm, capsy
     clean(cpt_pm, CleanArgs(inputs=(str(gz),), out=str(tmp_path / "o"), filters=("exact",), progress=True))
     kb = gz.stat().st_size / 1000
     assert f"{kb:.1f}/{kb:.1f} kB" in capsys.readouterr().err  # was the decompressed size over the gz size
+
+
+def test_a_ray_address_nothing_answers_at_fails_in_seconds_before_any_output(tmp_path, cpt_pm):
+    """ray.init retried a wrong --ray-address for minutes (after the output folder was made)."""
+    import socket
+    import time
+
+    from cptcore.clean.pipeline import CleanArgs, clean
+    from cptcore.errors import ConfigError
+
+    with socket.socket() as s:  # a free port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _corpus(tmp_path / "c.jsonl")
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=f"--ray-address 127.0.0.1:{port}: nothing answers"):
+        clean(cpt_pm, CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(tmp_path / "o"), executor="ray",
+                                ray_address=f"127.0.0.1:{port}"))
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "o").exists()

@@ -39,6 +39,28 @@ def check_executor(pm: Any, name: str, address: str | None) -> None:
     spec = pm.registry("executors").get(name)
     if address and spec.name == "local":
         raise ConfigError("--ray-address needs --executor ray")
+    if address and spec.name == "ray":
+        check_ray_address(address)
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at a ``HOST:PORT`` / ``ray://HOST:PORT``
+    address (``ray.init`` retries a wrong one for minutes). ``auto`` and other forms
+    are left to Ray.
+
+    Raises:
+        ConfigError: no TCP connection to ``HOST:PORT`` within ``timeout`` seconds.
+    """
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: nothing answers at {host}:{port} ({exc}); "
+                          f"is the head running ('ray start --head --port={port}')?") from None
 
 
 def make_local(num_proc: int, fn: Callable, args: tuple, address: str | None = None) -> Any:
