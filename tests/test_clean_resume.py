@@ -176,3 +176,22 @@ def test_a_ray_address_nothing_answers_at_fails_in_seconds_before_any_output(tmp
         clean(cpt_pm, CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(tmp_path / "o"), executor="ray",
                                 ray_address=f"127.0.0.1:{port}"))
     assert time.monotonic() - t0 < 10 and not (tmp_path / "o").exists()
+
+
+def test_an_english_evaluation_passage_inside_a_chinese_document_is_found(tmp_path):
+    """A mostly-CJK document is compared on 39-character n-grams, so an English passage of
+    13-38 words copied from an evaluation set into it went unseen; its runs of non-CJK
+    words are now compared on 13-word n-grams too."""
+    from cptcore.clean.decontam import Decontaminate, DecontaminateOptions
+
+    passage = ("The functions in this chapter interact with Python objects regardless of their type, "
+               "or with wide classes of object types such as all numerical types.")  # 25 words
+    evalf = tmp_path / "en.jsonl"
+    evalf.write_text(json.dumps({"question": passage, "answer": "B"}) + "\n", encoding="utf-8")
+    d = Decontaminate(DecontaminateOptions(sets={"en": str(evalf)}))
+    law = [t for t in law_chunks() if len(t) >= 700][0]
+    assert d.check(law[:350] + "\n" + passage + "\n" + law[350:]) == "en (13 shared 13-grams)"
+    assert d.check("Some context first. " + passage) == "en (13 shared 13-grams)"  # as before
+    assert d.check(law) is None
+    short = " ".join(passage.split()[:12])  # below 13 words: nothing to compare
+    assert d.check(law[:350] + short + law[350:]) is None

@@ -5,7 +5,9 @@ and split into words (a CJK character is a word) on both sides; the evaluation n
 are held as sorted uint64 arrays per set and shipped to the workers. A CJK character is
 a word but carries less than one, and statutes quote each other verbatim, so documents
 whose words are mostly CJK characters are compared on ``ngram * cjk_ngram_scale``-word
-n-grams (13 * 3 = 39 characters; both sizes are taken from every evaluation text)."""
+n-grams (13 * 3 = 39 characters; both sizes are taken from every evaluation text), and
+their runs of 13 non-CJK words or more (an English passage quoted in Chinese text) on
+13-word n-grams too."""
 
 from __future__ import annotations
 
@@ -93,19 +95,28 @@ class Decontaminate:
 
     def check(self, text: str) -> str | None:
         ws = words(normalise(text))
-        k = 1 if len(CJK_RE.findall(text)) * 2 > len(ws) else 0
-        n = self.sizes[k]
-        grams = ngram_hashes(word_hashes(ws), n)
-        if len(grams) == 0:
-            return None
-        grams = np.unique(grams)
+        hashes = word_hashes(ws)
+        # (table index, n, the document's distinct n-grams); a mostly-CJK document is
+        # compared on CJK-sized n-grams, and its runs of non-CJK words (an English
+        # passage in Chinese text) on word-sized ones too
+        looks = [(0, self.sizes[0], ngram_hashes(hashes, self.sizes[0]))]
+        if len(CJK_RE.findall(text)) * 2 > len(ws):
+            n = self.sizes[0]
+            cjk = np.concatenate([[0], np.cumsum([CJK_RE.fullmatch(w) is not None for w in ws], dtype=np.int64)])
+            latin = looks[0][2][(cjk[n:] - cjk[:-n]) == 0] if len(ws) >= n else looks[0][2]
+            looks = [(1, self.sizes[1], ngram_hashes(hashes, self.sizes[1])), (0, n, latin)]
+        looks = [(k, n, np.unique(g)) for k, n, g in looks if len(g)]
         for name, tables in self.sets.items():
-            table = tables[k]
-            if len(table) == 0:
-                continue
-            pos = np.searchsorted(table, grams)
-            pos[pos == len(table)] = 0
-            shared = int((table[pos] == grams).sum())
-            if shared >= self.o.min_matches:
-                return f"{name} ({shared} shared {n}-grams)"
+            found = []
+            for k, n, grams in looks:
+                table = tables[k]
+                if len(table) == 0:
+                    continue
+                pos = np.searchsorted(table, grams)
+                pos[pos == len(table)] = 0
+                shared = int((table[pos] == grams).sum())
+                if shared:
+                    found.append((shared, n))
+            if found and sum(c for c, _ in found) >= self.o.min_matches:
+                return f"{name} ({', '.join(f'{c} shared {n}-grams' for c, n in found)})"
         return None
