@@ -33,6 +33,10 @@ def test_folder_glob_and_records(tmp_path):
     sft = list(iter_input(InputSpec(str(tmp_path / "d" / "*.txt")), None))
     assert sft[0].error.startswith("plain text is not a conversation")
     assert [r.error for r in iter_input(InputSpec(str(tmp_path / "nothing*")))] == ["missing file"]
+    (tmp_path / "csv_only").mkdir()
+    (tmp_path / "csv_only" / "notes.csv").write_text("a,b\n")
+    (err,) = [r.error for r in iter_input(InputSpec(str(tmp_path / "csv_only")))]
+    assert err.startswith("no input file in folder (reads .jsonl .ndjson .json .parquet .txt")
 
 
 def test_gzip_and_byte_order_mark(tmp_path):

@@ -116,7 +116,7 @@ def _records(spec: readers.InputSpec, field: str, out: str) -> Iterator[readers.
     """:func:`cptcore.data.readers.iter_input` over :func:`_input_files`."""
     files = _input_files(spec, out)
     if not files:
-        yield readers.Record(spec.pattern, 0, error="missing file")
+        yield readers.Record(spec.pattern, 0, error=readers.no_files_error(spec.pattern))
         return
     for path in files:
         yield from readers.iter_file(path, field)

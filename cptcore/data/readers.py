@@ -316,12 +316,22 @@ def iter_file(path: str, field: str | None = "text") -> Iterator[Record]:
         yield Record(path, 1, error="empty file", nbytes=os.path.getsize(path))
 
 
+def no_files_error(pattern: str) -> str:
+    """The error of an input that names no file: ``"missing file"``, or for an existing
+    folder ``"no input file in folder (reads ...)"`` naming the suffixes read."""
+    if os.path.isdir(os.path.expanduser(pattern)):
+        suffixes = " ".join(JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES)
+        return f"no input file in folder (reads {suffixes}; all but .parquet also as .gz)"
+    return "missing file"
+
+
 def iter_input(spec: InputSpec, field: str | None = "text") -> Iterator[Record]:
     """Every record of every file an input names; a glob or path matching nothing yields
-    one record with ``error="missing file"``."""
+    one record with ``error="missing file"``, a folder without a readable file one with
+    ``error="no input file in folder (...)"``."""
     files = expand(spec)
     if not files:
-        yield Record(spec.pattern, 0, error="missing file")
+        yield Record(spec.pattern, 0, error=no_files_error(spec.pattern))
         return
     for path in files:
         yield from iter_file(path, field)
