@@ -277,6 +277,7 @@ def test_cli_options_reach_the_run(planted, tmp_path, cpt_cli):
     assert stats["command"].startswith("cpt ") and stats["command"] in (out / "card.md").read_text()
     assert sorted(p.name for p in (out / "shards").iterdir()) == [f"part-0000{i}.jsonl" for i in range(4)]
     assert not list((out / "removed").iterdir())
+    assert "removed documents with their reason: not written (--no-write-removed)" in (out / "card.md").read_text()
     for args, match in ((("--set", "exact.x=1"), "takes no options"), (("--set", "nodot=1"), "expected FILTER.KEY=VALUE, e.g. near"),
                         (("--set", "near.threshold"), "expected FILTER.KEY=VALUE"), (("--shard-mb", "0"), "--shard-mb must be > 0")):
         code, output = cpt_cli("clean", "--input", str(corpus), "--out", str(tmp_path / "bad"), "--filter", "exact", *args)

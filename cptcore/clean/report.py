@@ -114,6 +114,7 @@ class StatsMerger:
             "outputs": self.outputs,
             "seed": args.seed,
             "on_error": args.on_error,
+            "write_removed": args.write_removed,
             "shard_docs": args.shard_docs,
             "shard_bytes": args.shard_bytes,
             "shards_resumed": resumed,
@@ -146,7 +147,8 @@ def write_card(path, stats: dict[str, Any], pm: Any) -> None:
         f"**{d['in']:,} documents in = {d['kept']:,} kept + {total_removed:,} removed**; "
         f"{stats['bytes']['in']:,} bytes in, {stats['bytes']['kept']:,} kept. Cleaned shards: "
         f"`shards/` (`cpt prepare pretrain --input OUT/shards ...`); removed documents with their "
-        f"reason: `removed/`; exact counts: `stats.json`.",
+        f"reason: {'`removed/`' if stats.get('write_removed', True) else 'not written (--no-write-removed)'}; "
+        f"exact counts: `stats.json`.",
         "",
         "## Inputs",
         "",
