@@ -10,6 +10,7 @@ consumed in submission order by the caller, so the executor never changes the ou
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from typing import Any, Callable
@@ -136,7 +137,14 @@ class RayExecutor:
             raise ConfigError("--executor ray needs the 'ray' package (pip install ray)") from exc
         self._owns = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+            # each task has one CPU: the Rust tokenizer's own thread pool in every task
+            # would oversubscribe the node (as in the local fork pool, cptcore.data.workers);
+            # set in the driver's environment while Ray starts too, since a process it
+            # forks after the tokenizer ran prints a 4-line warning unless the variable is set
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                                      "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
+            saved = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
                 if address:
                     ray.init(address=address, **kwargs)
@@ -144,6 +152,11 @@ class RayExecutor:
                     ray.init(num_cpus=max(1, num_proc), **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--executor ray: cannot start or reach Ray ({address or 'local'}): {exc}") from exc
+            finally:
+                if saved is None:
+                    del os.environ["TOKENIZERS_PARALLELISM"]
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = saved
             self._owns = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.num_proc = num_proc if num_proc > 1 else max(1, cpus)
