@@ -58,6 +58,26 @@ def test_near_index_decides_as_datasketch_minhashlsh(tmp_path):
     assert not list(tmp_path.iterdir())  # close() deleted the scratch file
 
 
+def test_near_compares_the_normalised_text(tmp_path):
+    """A copy in other case, full-width punctuation and spacing, with two words changed, is
+    a near duplicate (its raw words share no 5-gram with the original's)."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(x)["text"] for x in (Path(__file__).parent / "data" / "en_python_docs_sample.jsonl").read_text(encoding="utf-8").splitlines()]
+    original = next(t for t in rows if 120 <= len(t.split()) <= 400 and "," in t)
+    ws = original.split()
+    ws[len(ws) // 3], ws[2 * len(ws) // 3] = "changed", "words"
+    variant = "  ".join(ws).upper().replace(",", "\uff0c")  # full-width comma, NFKC maps it back
+    other = next(t for t in rows if len(t.split()) > 120 and t[:40] != original[:40])
+    near = NearDedup(NearOptions(), seed=0, scratch=str(tmp_path))
+    assert near.check(near.signature(original), 0) is None
+    near.add(near.signature(original), 0)
+    assert near.check(near.signature(other), 1) is None
+    assert near.check(near.signature(variant), 2) == "near duplicate (of document #0)"
+    near.close()
+
+
 @pytest.mark.parametrize("make", [lambda d: NearDedup(NearOptions(), 0, str(d)), lambda d: ExactDedup(str(d))], ids=["near", "exact"])
 def test_index_memory_does_not_grow_with_documents(tmp_path, make):
     """Python memory held after 1,000 and after 6,000 kept documents: equal within 64 kB

@@ -123,7 +123,10 @@ class NearOptions:
 
 
 class NearDedup(_Indexed):
-    """``signature(text)``: uint32 ``[num_perm]`` MinHash hash values; index keys: one
+    """``signature(text)``: uint32 ``[num_perm]`` MinHash hash values of the word
+    ``ngram``-grams of the normalised text (:func:`cptcore.clean.text.normalise`: NFKC,
+    case-folded, whitespace runs as one; as datatrove normalises before its MinHash), so
+    case, full-width forms and spacing do not hide a near copy; index keys: one
     per LSH band, the band number (2 bytes) + xxh64 of the band's values (8 bytes).
 
     Raises:
@@ -157,7 +160,7 @@ class NearDedup(_Indexed):
 
         if self._perm is None:
             self._perm = MinHash(self.o.num_perm, seed=self.seed, scheme="affine32").permutations
-        hashes = word_hashes(words(text))
+        hashes = word_hashes(words(normalise(text)))  # case, width and spacing do not count (as exact's)
         grams = ngram_hashes(hashes, min(self.o.ngram, max(1, len(hashes))))
         m = MinHash(self.o.num_perm, seed=self.seed, hashfunc=_same, permutations=self._perm, scheme="affine32")
         shingles = (grams >> np.uint64(32)).astype(np.uint32)
