@@ -140,10 +140,16 @@ def test_cli_writes_report_and_prints_summary(tmp_path, cpt_cli):
 
 
 @pytest.mark.parametrize("value", ["-3", "0", "nan", "inf"])
-def test_bad_baseline_perplexity_is_a_one_line_error(tmp_path, cpt_cli, value):
+def test_bad_baseline_perplexity_is_refused_before_any_report(tmp_path, cpt_cli, value):
     run = _write_run(tmp_path, _synthetic())
     code, output = cpt_cli("report", str(run), "--baseline-perplexity", value)
-    assert code == 1, output
-    assert "--baseline-perplexity must be a positive finite number" in output
-    assert output.startswith("error: --baseline-perplexity") and "Traceback" not in output
+    # a usage error (exit 2): below 1 by click's range, nan/inf by cptcore.cli.numbers.finite
+    assert code == 2, output
+    assert "Invalid value for '--baseline-perplexity'" in output and "Traceback" not in output
     assert not (run / "report" / "summary.md").exists()
+    # the library keeps its own check for callers of write_report
+    from cptcore.errors import ConfigError
+    from cptcore.report import write_report
+
+    with pytest.raises(ConfigError, match="--baseline-perplexity must be a positive finite number"):
+        write_report(run, baseline_perplexity=float(value))
