@@ -168,7 +168,8 @@ class RunConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
-    # multi-stage recipe (cptcore.recipes.stages; docs/stages.md); [] = one implicit stage
+    # multi-stage recipe (cptcore.recipes.stages; docs/stages.md); absent = one implicit stage
+    # (an explicit empty list is refused by cptcore.config.build_config)
     stages: list[dict[str, Any]] = field(default_factory=list)
     # dotted key -> where its value came from ("run.yaml", "--set", "--lr"); not dumped
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -103,30 +103,11 @@ def _validate(args: CleanArgs) -> None:
             raise ConfigError(f"--input {spec}: cpt clean takes no weights (give them to cpt prepare)")
 
 
-def _input_files(spec: readers.InputSpec, out: str) -> list[str]:
-    """The files an input names (:func:`cptcore.data.readers.expand`), without those in
-    the output folder: with ``--input raw/ --out raw/clean`` the run's own state, shards
-    and card are not input (they would be read as documents, and change the input of a
-    rerun, which could then never resume)."""
-    root = Path(out).resolve()
-    return [p for p in readers.expand(spec) if root != Path(p).resolve() and root not in Path(p).resolve().parents]
-
-
-def _records(spec: readers.InputSpec, field: str, out: str) -> Iterator[readers.Record]:
-    """:func:`cptcore.data.readers.iter_input` over :func:`_input_files`."""
-    files = _input_files(spec, out)
-    if not files:
-        yield readers.Record(spec.pattern, 0, error=readers.no_files_error(spec.pattern))
-        return
-    for path in files:
-        yield from readers.iter_file(path, field)
-
-
 def _fingerprint(args: CleanArgs, chain_names, options) -> dict[str, Any]:
     """What must be equal for a rerun to resume (not the executor or worker count)."""
     files = []
     for spec in args.inputs:
-        for p in _input_files(readers.parse_input(spec), args.out):
+        for p in readers.expand(readers.parse_input(spec), exclude=args.out):
             files.append([p, os.path.getsize(p)])
     keep = ("inputs", "text_field", "seed", "shard_docs", "shard_bytes", "on_error", "write_removed", "compress")
     fp = {k: v for k, v in asdict(args).items() if k in keep}
@@ -190,7 +171,7 @@ def _shards(args: CleanArgs, specs) -> Iterator[_Shard]:
     for i, spec in enumerate(specs):
         recs: list = []
         size = 0
-        for rec in _records(spec, args.text_field, args.out):
+        for rec in readers.iter_input(spec, args.text_field, exclude=args.out):
             recs.append(rec)
             size += rec.nbytes
             if len(recs) >= args.shard_docs or size >= args.shard_bytes:
@@ -355,7 +336,7 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     chain = build_chain(pm, filter_names(args), options, FilterContext(seed=args.seed, scratch=str(out / "state")))
     resume = _prepare_out(out, _fingerprint(args, chain.names, chain.options), args.overwrite)
     run = _Run(args, chain, out)
-    total_bytes = sum(os.path.getsize(p) for s in specs for p in _input_files(s, args.out))
+    total_bytes = sum(os.path.getsize(p) for s in specs for p in readers.expand(s, exclude=args.out))
     progress = Progress(total_bytes, args.progress, "clean")
     merged = StatsMerger(specs, args.examples)
     executor = make_executor(pm, args.executor, args.num_proc, clean_shard, (chain.doc, chain.dedup), args.ray_address)

@@ -159,15 +159,15 @@ def write_card(path, stats: dict[str, Any], pm: Any) -> None:
         r = ", ".join(f"{k}: {v:,}" for k, v in inp["documents"]["removed"].items()) or "0"
         lines.append(f"| `{inp['input']}` | {len(inp['files'])} | {inp['documents']['in']:,} | {inp['documents']['kept']:,} | {r} |")
     lines += ["", "## Filters", "", "Run in this order (document filters, then deduplication); a document is counted under the first filter that removes it.", ""]
+    heavy = {name: (n, frac) for name, n, frac in heavy_filters(stats)}
     for name in stats["filters"]:
         spec = registry.get(name)
         n = d["removed"].get(name, 0)
         lines += [f"### `{name}`: {n:,} removed ({n / d['in']:.2%} of the input)" if d["in"] else f"### `{name}`: 0 removed", ""]
         if spec.description:
             lines += [spec.description, ""]
-        for heavy in heavy_filters(stats):
-            if heavy[0] == name:
-                lines += [f"**Check:** {heavy_warning(*heavy)}.", ""]
+        if name in heavy:
+            lines += [f"**Check:** {heavy_warning(name, *heavy[name])}.", ""]
         opts = stats["options"].get(name) or {}
         if opts:
             lines.append("Options: " + ", ".join(f"`{k}={v!r}`" for k, v in opts.items()))

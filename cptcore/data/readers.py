@@ -120,21 +120,28 @@ def _inside_prepared(path: Path, root: Path) -> bool:
     return False
 
 
-def expand(spec: InputSpec) -> list[str]:
+def expand(spec: InputSpec, exclude: str | os.PathLike | None = None) -> list[str]:
     """The files an input names: the path itself, or the sorted matches of a glob.
 
     A folder means every supported file in it, recursively, ``.gz`` ones included
     (sorted), except inside Arrow dataset folders (earlier ``cpt prepare`` outputs).
-    Returns an empty list when
-    nothing matches (the caller reports it as a missing file).
+    ``exclude``: a folder whose files are never input (the command's own output folder:
+    with ``--input raw/ --out raw/clean`` the run's state and shards are not documents,
+    and a rerun's input would change with them). Returns an empty list when nothing
+    matches (the caller reports it as a missing file).
     """
     pattern = os.path.expanduser(spec.pattern)
     if glob.has_magic(pattern):
-        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-    if os.path.isdir(pattern):
+        files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(pattern):
         found = [p for p in Path(pattern).rglob("*") if p.is_file() and _in_folder(p.name)]
-        return sorted(str(p) for p in found if not _inside_prepared(p, Path(pattern)))
-    return [pattern] if os.path.exists(pattern) else []
+        files = sorted(str(p) for p in found if not _inside_prepared(p, Path(pattern)))
+    else:
+        files = [pattern] if os.path.exists(pattern) else []
+    if exclude is None:
+        return files
+    root = Path(exclude).resolve()
+    return [p for p in files if root != Path(p).resolve() and root not in Path(p).resolve().parents]
 
 
 def file_format(path: str) -> str:
@@ -325,11 +332,11 @@ def no_files_error(pattern: str) -> str:
     return "missing file"
 
 
-def iter_input(spec: InputSpec, field: str | None = "text") -> Iterator[Record]:
-    """Every record of every file an input names; a glob or path matching nothing yields
-    one record with ``error="missing file"``, a folder without a readable file one with
-    ``error="no input file in folder (...)"``."""
-    files = expand(spec)
+def iter_input(spec: InputSpec, field: str | None = "text", exclude: str | os.PathLike | None = None) -> Iterator[Record]:
+    """Every record of every file an input names (:func:`expand`, ``exclude`` as there); a
+    glob or path matching nothing yields one record with ``error="missing file"``, a
+    folder without a readable file one with ``error="no input file in folder (...)"``."""
+    files = expand(spec, exclude)
     if not files:
         yield Record(spec.pattern, 0, error=no_files_error(spec.pattern))
         return
