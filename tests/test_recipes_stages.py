@@ -175,13 +175,40 @@ def test_two_stages_new_rows_then_all_tied(env, tmp_path):
         train(_cfg(env, out, stages), _pm())
 
 
-def test_new_rows_untied_leaves_original_rows_bit_identical(env, tmp_path):
+def test_new_rows_untied_leaves_original_rows_bit_identical(env, tmp_path, capsys):
     from cptcore.train.loop import train
 
     out, n = tmp_path / "untied", _vocab(env["untied"]) - 10
     train(_cfg(env, out, [{"name": "align", "trainable": {"new_rows_from": n}, "budget": {"steps": 3}}],
                model="untied", optimizer__lr=1e-2), _pm())
     _check_new_rows(_weights(env["untied"]), _weights(out / "final"), n, tied=False)
+    hidden = json.loads((env["untied"] / "config.json").read_text())["hidden_size"]
+    line = next(x for x in capsys.readouterr().err.splitlines() if "parameters trainable" in x)
+    assert f", {2 * 10 * hidden:,} of " in line and f"(optimizer state for {2 * (n + 10) * hidden:,}: " in line, line
+
+
+@pytest.mark.parametrize("model", ["tied", "untied"])
+def test_new_rows_count_is_the_new_rows_in_the_run_and_the_dry_run(env, tmp_path, model):
+    """The trainable count printed for new_rows is the new rows (tied: once), not the
+    whole matrices that carry requires_grad; the memory estimate keeps the whole matrices."""
+    from transformers import AutoModelForCausalLM
+
+    from cptcore.recipes.trainable import apply_trainable, count_trainable
+    from cptcore.train.dryrun import plan_dry_run, render
+
+    n = _vocab(env[model]) - 10
+    hidden = json.loads((env[model] / "config.json").read_text())["hidden_size"]
+    new = (1 if model == "tied" else 2) * 10 * hidden
+    cfg = _cfg(env, tmp_path / "o", [], model=model, training__trainable={"new_rows_from": n})
+    hf = AutoModelForCausalLM.from_pretrained(env[model])
+    assert apply_trainable(hf, cfg) == new == count_trainable(hf, cfg)
+    result = plan_dry_run(cfg, _pm(), 1)
+    assert result.trainable == new and result.shape.trainable == new // 10 * (n + 10)
+    lines = []
+    render(result, lines.append)
+    assert f"{new:,} trainable (optimizer state for {result.shape.trainable:,}: " in lines[2], lines[2]
+    whole, plain = AutoModelForCausalLM.from_pretrained(env[model]), _cfg(env, tmp_path / "o", [], model=model)
+    assert apply_trainable(whole, plain) == count_trainable(whole, plain) == sum(p.numel() for p in whole.parameters())
 
 
 def test_embeddings_get_no_weight_decay_unless_asked(env):

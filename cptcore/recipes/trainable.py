@@ -231,6 +231,25 @@ def apply_trainable(model: Any, config: "RunConfig") -> int:
             raise ConfigError(f"training.trainable: new_rows_from={n} leaves no new row in {name} "
                               f"({p.shape[0]} rows)")
         p.register_hook(_zero_rows_hook(n))
+    return _new_rows_count(emb, n)
+
+
+def count_trainable(model: Any, config: "RunConfig") -> int:
+    """Trainable parameter elements of a model :func:`apply_trainable` has set up, as a
+    user counts them: ``requires_grad`` parameters, tied weights once; for ``new_rows``
+    only the new rows (the whole embedding matrices carry ``requires_grad`` and optimizer
+    state; hooks zero the original rows' gradients).
+
+    Raises:
+        ConfigError: as :func:`check`.
+    """
+    kind, arg = check(config)
+    if kind == "new_rows":
+        return _new_rows_count(embedding_parameters(model), arg)
+    return _count(model)
+
+
+def _new_rows_count(emb: list, n: int) -> int:
     return sum((p.shape[0] - n) * p.shape[1] for _, p in emb)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..builtin_plugins.lora import add_lora
 from ..model.load import check_model_path
-from ..recipes.trainable import apply_trainable
+from ..recipes.trainable import apply_trainable, count_trainable
 from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
 from .parallel import Layout
 from .plan import Plan as RunPlan
@@ -45,6 +45,9 @@ class DryRun:
     memory: MemoryEstimate
     gradient_checkpointing: bool = False
     run: RunPlan | None = None  # what precheck resolved (the run would train exactly this)
+    #: trainable elements as the run reports them (``new_rows``: the new rows only;
+    #: ``shape.trainable`` counts every ``requires_grad`` element, which optimizer state covers)
+    trainable: int | None = None
 
 
 def world_size(nproc_per_node: int | None, nnodes: int = 1) -> int:
@@ -116,7 +119,7 @@ def plan_dry_run(config: "RunConfig", pm: "CptPluginManager", world: int) -> Dry
         loss_chunk_tokens=run.loss_chunk_tokens,
     )
     return DryRun(spec.name, config.strategy.precision, lay, shape, seq, source, plan, estimate(shape, plan),
-                  config.model.gradient_checkpointing, run)
+                  config.model.gradient_checkpointing, run, count_trainable(model, run.config))
 
 
 def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
@@ -128,8 +131,9 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     lay, shape = result.layout, result.shape
     echo(f"strategy: {result.strategy} (precision {result.precision})")
     echo(f"layout:   {lay.describe()}")
-    frozen = shape.params - shape.trainable
-    echo(f"params:   {shape.params:,} total, {shape.trainable:,} trainable, {frozen:,} frozen")
+    trainable = shape.trainable if result.trainable is None else result.trainable
+    held = "" if trainable == shape.trainable else f" (optimizer state for {shape.trainable:,}: the whole embedding matrices)"
+    echo(f"params:   {shape.params:,} total, {trainable:,} trainable{held}, {shape.params - trainable:,} frozen")
     p = result.plan
     echo(f"batch:    micro-batch {p.micro_batch_size} x {result.seq_len} tokens ({result.seq_len_source}); "
          f"attention {p.attention}; gradient checkpointing {'on' if result.gradient_checkpointing else 'off'}; "
