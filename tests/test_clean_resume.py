@@ -199,3 +199,54 @@ def test_an_english_evaluation_passage_inside_a_chinese_document_is_found(tmp_pa
     assert d.check(law) is None
     short = " ".join(passage.split()[:12])  # below 13 words: nothing to compare
     assert d.check(law[:350] + short + law[350:]) is None
+
+
+@pytest.mark.parametrize("in_flight_bytes, most", [(1, 1), ("largest document + 1", 2), (256 << 20, 4)])
+def test_shards_read_ahead_are_capped_by_input_bytes_and_the_output_does_not_change(tmp_path, cpt_pm, monkeypatch,
+                                                                                     in_flight_bytes, most):
+    """Two workers read up to 4 shards ahead; --in-flight-mb caps that by input bytes (a new
+    shard is read only while less is in flight; one always is). Each shard here is one
+    document (one JSONL line); a cap one byte above the longest line allows two."""
+    import cptcore.clean.pipeline as pipeline
+
+    _corpus(tmp_path / "c.jsonl")
+    lines = [len(x) for x in (tmp_path / "c.jsonl").read_bytes().splitlines(keepends=True)]
+    assert len(lines) == 10 and 2 * min(lines) > max(lines) + 1
+    if isinstance(in_flight_bytes, str):
+        in_flight_bytes = max(lines) + 1
+    outstanding, peak = [0], [0]
+
+    def counting(*a, **kw):
+        real = make(*a, **kw)
+        submit = real.submit
+
+        class Future:
+            def __init__(self, fut):
+                self.fut = fut
+
+            def get(self):
+                outstanding[0] -= 1
+                return self.fut.get()
+
+        def counted(items):
+            outstanding[0] += 1
+            peak[0] = max(peak[0], outstanding[0])
+            return Future(submit(items))
+
+        real.submit = counted
+        return real
+
+    make = pipeline.make_executor
+    monkeypatch.setattr(pipeline, "make_executor", counting)
+    args = lambda out, **kw: pipeline.CleanArgs(inputs=(str(tmp_path / "c.jsonl"),), out=str(out), filters=("exact",),  # noqa: E731
+                                               shard_docs=1, num_proc=2, **kw)
+    capped = pipeline.clean(cpt_pm, args(tmp_path / "capped", in_flight_bytes=in_flight_bytes))
+    assert peak[0] == most
+    monkeypatch.setattr(pipeline, "make_executor", make)
+    ref = pipeline.clean(cpt_pm, args(tmp_path / "ref"))
+    strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
+    assert strip(capped) == strip(ref)
+    for sub in ("shards", "removed"):
+        assert _files(tmp_path / "capped" / sub) == _files(tmp_path / "ref" / sub)
+    with pytest.raises(pipeline.ConfigError, match="--in-flight-mb must be > 0"):
+        pipeline.clean(cpt_pm, args(tmp_path / "zero", in_flight_bytes=0))

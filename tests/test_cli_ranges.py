@@ -73,6 +73,7 @@ def test_out_of_range_number_is_a_one_line_usage_error(args, flag, capsys, tmp_p
     # old: silently 1-byte shards (one document each) / a traceback / no examples
     ([*CLEAN, "--shard-mb", "-1"], "--shard-mb must be > 0 (shard_bytes -1048576 < 1 byte)"),
     ([*CLEAN, "--shard-mb", "0"], "--shard-mb must be > 0 (shard_bytes 0 < 1 byte)"),
+    ([*CLEAN, "--in-flight-mb", "0"], "--in-flight-mb must be > 0 (in_flight_bytes 0 < 1 byte)"),
     ([*CLEAN, "--examples", "-1"], "--examples must be >= 0, got -1"),
 ])
 def test_out_of_range_number_checked_by_the_library_is_one_line_before_any_work(args, message, capsys, tmp_path,

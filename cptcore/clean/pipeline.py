@@ -50,6 +50,7 @@ class CleanArgs:
     seed: int = 0
     shard_docs: int = 10_000  # records per shard at most
     shard_bytes: int = 16 << 20  # input bytes per shard at most (bounds memory)
+    in_flight_bytes: int = 256 << 20  # no new shard is read while this much input is in flight
     num_proc: int = 1
     executor: str = "local"
     ray_address: str | None = None
@@ -98,6 +99,8 @@ def _validate(args: CleanArgs) -> None:
         raise ConfigError(f"--examples must be >= 0, got {args.examples}")
     if args.num_proc < 1:
         raise ConfigError(f"--num-proc must be >= 1, got {args.num_proc}")
+    if args.in_flight_bytes < 1:
+        raise ConfigError(f"--in-flight-mb must be > 0 (in_flight_bytes {args.in_flight_bytes} < 1 byte)")
     for spec in args.inputs:
         if readers.parse_input(spec).weight is not None:
             raise ConfigError(f"--input {spec}: cpt clean takes no weights (give them to cpt prepare)")
@@ -314,6 +317,14 @@ class _Run:
         return marker
 
 
+def in_flight_shards(workers: int) -> int:
+    """Shards the driver keeps read ahead at most: ``max(2, 2 x workers)`` (one being
+    worked on and one waiting per worker); ``CleanArgs.in_flight_bytes`` caps them by
+    input bytes as well (a new shard is read only while less than that is in flight, and
+    one shard always is)."""
+    return max(2, 2 * workers)
+
+
 def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     """Run the whole cleaning; returns the stats (also written to ``out/stats.json``,
     with ``out/card.md``).
@@ -343,20 +354,24 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     try:
         pending: collections.deque = collections.deque()
         stream = _shards(args, specs)
-        lookahead = max(2, 2 * executor.num_proc)
+        lookahead = in_flight_shards(executor.num_proc)
+        in_flight = [0]  # input bytes of the shards in pending
 
         def fill() -> None:
-            while len(pending) < lookahead:
+            while len(pending) < lookahead and (not pending or in_flight[0] < args.in_flight_bytes):
                 shard = next(stream, None)
                 if shard is None:
                     return
                 m = run.done(shard) if resume else None
                 fut = None if m else executor.submit([_text(r) for r in shard.records])
-                pending.append((shard, m, fut))
+                nbytes = sum(r.nbytes for r in shard.records)
+                in_flight[0] += nbytes
+                pending.append((shard, m, fut, nbytes))
 
         fill()
         while pending:
-            shard, m, fut = pending.popleft()
+            shard, m, fut, nbytes = pending.popleft()
+            in_flight[0] -= nbytes
             if m is not None:
                 run.replay(shard)
                 run.resumed += 1

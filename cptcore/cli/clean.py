@@ -43,6 +43,7 @@ def add_clean_command(app: typer.Typer, pm: Any) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the MinHash permutations (same seed, same output)."),
         shard_docs: int = typer.Option(10_000, "--shard-docs", help="Documents per shard at most (unit of work, output file and restart)."),
         shard_mb: float = typer.Option(16.0, "--shard-mb", callback=finite, help="Input MB per shard at most (bounds memory; > 0)."),
+        in_flight_mb: float = typer.Option(256.0, "--in-flight-mb", callback=finite, help="Input MB the driver holds read ahead at most: no new shard is read while this much is in flight (bounds memory at any --num-proc; > 0)."),
         num_proc: int = typer.Option(1, "--num-proc", help="Worker processes (local) or tasks in flight (ray)."),
         executor: str = typer.Option("local", "--executor", help="Where the filters run (cpt executors): local | ray | plugins (same output)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: a running cluster (ray start --head); default: a local one."),
@@ -59,7 +60,8 @@ def add_clean_command(app: typer.Typer, pm: Any) -> None:
         args = CleanArgs(
             inputs=tuple(input), out=out, filters=tuple(filter_ or ()), filter_options=_filter_options(set_, known),
             languages=tuple(language or ()), decontaminate=tuple(decontaminate or ()), text_field=text_field, seed=seed,
-            shard_docs=shard_docs, shard_bytes=int(shard_mb * (1 << 20)), num_proc=num_proc, executor=executor,
+            shard_docs=shard_docs, shard_bytes=int(shard_mb * (1 << 20)), in_flight_bytes=int(in_flight_mb * (1 << 20)),
+            num_proc=num_proc, executor=executor,
             ray_address=ray_address, on_error=on_error, examples=examples, write_removed=write_removed, compress=compress,
             overwrite=overwrite, command=_command(), progress=progress,
         )
