@@ -60,7 +60,10 @@ def test_real_model_kl_zero_for_unused_rows_and_broken_init_flagged(smollm2_dir:
     # the Chinese rows are never used on English text: ≈ 0 (measured 2e-4 nats, 0.02 %)
     assert rep["retained"]["ids_changed"] == 0 and rep["positions"] == 256
     assert rep["kl"] == pytest.approx(0.0, abs=1e-3) and rep["new_token_mass"] < 1e-3
-    assert rep["kl"] >= rep["new_token_mass"] * 0.999  # KL = -ln(1 - m) >= m per position
+    # the old rows' probabilities are the base's times (1 - m): KL = -ln(1 - m) >= m per
+    # position, up to the float32 noise of the two forwards (the wider lm_head's matmul rounds
+    # differently: KL 4e-7 nats below the mass was seen, 0.15 %; this bound allows 2e-6)
+    assert rep["kl"] >= rep["new_token_mass"] - 2e-6, (rep["kl"], rep["new_token_mass"])
     assert rep["safe"] and rep["unsafe"] == []
     broken = copy.deepcopy(base)
     resize_embeddings(broken, old_tok, new_tok, init="mean_x100", pm=make_plugin_manager(extra=[_Broken()]))
