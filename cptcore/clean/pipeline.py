@@ -317,14 +317,6 @@ class _Run:
         return marker
 
 
-def in_flight_shards(workers: int) -> int:
-    """Shards the driver keeps read ahead at most: ``max(2, 2 x workers)`` (one being
-    worked on and one waiting per worker); ``CleanArgs.in_flight_bytes`` caps them by
-    input bytes as well (a new shard is read only while less than that is in flight, and
-    one shard always is)."""
-    return max(2, 2 * workers)
-
-
 def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     """Run the whole cleaning; returns the stats (also written to ``out/stats.json``,
     with ``out/card.md``).
@@ -354,24 +346,27 @@ def clean(pm: Any, args: CleanArgs) -> dict[str, Any]:
     try:
         pending: collections.deque = collections.deque()
         stream = _shards(args, specs)
-        lookahead = in_flight_shards(executor.num_proc)
-        in_flight = [0]  # input bytes of the shards in pending
+        # read ahead: one shard worked on and one waiting per worker, and no new shard while
+        # in_flight_bytes of input are in pending (one always is)
+        lookahead = max(2, 2 * executor.num_proc)
+        in_flight = 0  # input bytes of the shards in pending
 
         def fill() -> None:
-            while len(pending) < lookahead and (not pending or in_flight[0] < args.in_flight_bytes):
+            nonlocal in_flight
+            while len(pending) < lookahead and (not pending or in_flight < args.in_flight_bytes):
                 shard = next(stream, None)
                 if shard is None:
                     return
                 m = run.done(shard) if resume else None
                 fut = None if m else executor.submit([_text(r) for r in shard.records])
                 nbytes = sum(r.nbytes for r in shard.records)
-                in_flight[0] += nbytes
+                in_flight += nbytes
                 pending.append((shard, m, fut, nbytes))
 
         fill()
         while pending:
             shard, m, fut, nbytes = pending.popleft()
-            in_flight[0] -= nbytes
+            in_flight -= nbytes
             if m is not None:
                 run.replay(shard)
                 run.resumed += 1

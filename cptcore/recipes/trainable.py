@@ -253,10 +253,24 @@ def _new_rows_count(emb: list, n: int) -> int:
     return sum((p.shape[0] - n) * p.shape[1] for _, p in emb)
 
 
-def _count(model: Any) -> int:
-    seen, total = set(), 0
+def count_params(model: Any) -> tuple[int, int]:
+    """``(all, requires_grad)`` parameter elements; tied weights counted once."""
+    seen, total, grad = set(), 0, 0
     for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            grad += p.numel()
+    return total, grad
+
+
+def _count(model: Any) -> int:
+    return count_params(model)[1]
+
+
+def optimizer_state_note(trainable: int, with_grad: int) -> str:
+    """What follows a trainable count when optimizer state covers more elements than
+    that (``new_rows``: the whole embedding matrices); ``""`` otherwise. Both in elements."""
+    return "" if trainable == with_grad else f" (optimizer state for {with_grad:,}: the whole embedding matrices)"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..builtin_plugins.lora import add_lora
 from ..model.load import check_model_path
-from ..recipes.trainable import apply_trainable, count_trainable
+from ..recipes.trainable import apply_trainable, count_params, count_trainable, optimizer_state_note
 from .estimate import MemoryEstimate, ModelShape, Plan, estimate, fmt_bytes
 from .parallel import Layout
 from .plan import Plan as RunPlan
@@ -77,19 +77,6 @@ def meta_model(config: "RunConfig", pm: "CptPluginManager") -> Any:
     return model
 
 
-def count_params(model: Any) -> tuple[int, int]:
-    """``(all, trainable)`` parameter elements; tied weights counted once."""
-    seen, total, trainable = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return total, trainable
-
-
 def plan_dry_run(config: "RunConfig", pm: "CptPluginManager", world: int) -> DryRun:
     """:func:`~cptcore.train.plan.precheck` for ``world`` ranks (data optional), then the
     memory estimate per rank.
@@ -132,8 +119,8 @@ def render(result: DryRun, echo: Callable[[str], None] = print) -> None:
     echo(f"strategy: {result.strategy} (precision {result.precision})")
     echo(f"layout:   {lay.describe()}")
     trainable = shape.trainable if result.trainable is None else result.trainable
-    held = "" if trainable == shape.trainable else f" (optimizer state for {shape.trainable:,}: the whole embedding matrices)"
-    echo(f"params:   {shape.params:,} total, {trainable:,} trainable{held}, {shape.params - trainable:,} frozen")
+    echo(f"params:   {shape.params:,} total, {trainable:,} trainable{optimizer_state_note(trainable, shape.trainable)}, "
+         f"{shape.params - trainable:,} frozen")
     p = result.plan
     echo(f"batch:    micro-batch {p.micro_batch_size} x {result.seq_len} tokens ({result.seq_len_source}); "
          f"attention {p.attention}; gradient checkpointing {'on' if result.gradient_checkpointing else 'off'}; "

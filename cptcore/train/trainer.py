@@ -45,12 +45,11 @@ from ..eval.bpb import result as bpb_result
 from ..eval import ledger_train
 from ..eval.prepared import evaluate_prepared
 from ..recipes.mixing import DataExhausted, format_shares, mixing_fields
-from ..recipes.trainable import count_trainable
+from ..recipes.trainable import count_params, count_trainable, optimizer_state_note
 from ..registries import call_provider
 from . import build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Loader, collate
-from .dryrun import count_params
 from .launch import init_distributed
 from .mfu import count_n
 from .metrics import (Progress, make_loggers, mean_mfu, mfu_meter, mfu_metrics, peak_memory_mb, progress_info,
@@ -140,10 +139,9 @@ class Trainer:
         self.noise = build.attach_noise(self.plan.noise, self.hf_model)
         n_all, n_grad = count_params(self.hf_model)
         n_train = count_trainable(self.hf_model, self.config)
-        held = "" if n_train == n_grad else f" (optimizer state for {n_grad:,}: the whole embedding matrices)"
         self.mfu_n = count_n(self.hf_model)  # before wrap: sharding strategies empty the local parameters
         log(f"strategy {self.strategy.name} ({self.plan.world_size} process(es), dp={self.strategy.dp_size}), "
-            f"precision {self.strategy.precision}, {n_train:,} of {n_all:,} parameters trainable{held}, "
+            f"precision {self.strategy.precision}, {n_train:,} of {n_all:,} parameters trainable{optimizer_state_note(n_train, n_grad)}, "
             f"{self.plan.accumulation} micro-batch(es) of {t.micro_batch_size} per step")
         self.model, self.optimizer, self.scheduler = self.strategy.wrap(
             self.hf_model, self.config.optimizer, scheduler_factory(self.plan.schedule, t.max_steps))
